@@ -1,0 +1,1 @@
+"""flan_jax: FLAN-style instruction tuning in JAX."""

@@ -1,0 +1,47 @@
+"""flan_jax: FLAN-style instruction tuning in JAX (seqio data, gin-configured T5X-style trainers)."""
+import setuptools
+
+setuptools.setup(
+    name="flan_jax",
+    version="0.1.0",
+    description="FLAN-style instruction tuning in JAX: seqio tasks and mixtures, "
+    "gin-configured partitioned trainers for encoder-decoder and decoder-only models.",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["flan_jax", "flan_jax.*"])
+    + ["flan_jax.specs.tasks", "flan_jax.specs.mixtures", "flan_jax.specs.gin"],
+    # Task / mixture specs and gin files are data shipped with the package.
+    package_dir={
+        "flan_jax": "flan_jax",
+        "flan_jax.specs.tasks": "tasks",
+        "flan_jax.specs.mixtures": "mixtures",
+        "flan_jax.specs.gin": "gin",
+    },
+    package_data={
+        "flan_jax.specs.tasks": ["*.yaml", "**/*.yaml"],
+        "flan_jax.specs.mixtures": ["*.yaml", "**/*.yaml"],
+        "flan_jax.specs.gin": ["*.gin", "**/*.gin"],
+    },
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "jaxlib>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "seqio>=0.0.20,<0.1",
+        "tensorflow-cpu>=2.21,<2.22",
+        "tensorflow-text>=2.21,<2.22",
+        "tensorflow-datasets>=4.9.10,<4.10",
+        "gin-config>=0.5.0,<0.6",
+        "sentencepiece>=0.2.0,<0.3",
+        "clu>=0.0.12,<0.1",
+        "pyyaml>=6",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "rouge-score>=0.1.2", "sacrebleu>=2.4"],
+        "hf": ["torch==2.13.0", "transformers>=5,<6", "safetensors>=0.4"],
+        "eval": ["rouge-score>=0.1.2", "sacrebleu>=2.4"],
+        "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    },
+    entry_points={"console_scripts": ["flan-jax=flan_jax.cli:main"]},
+)
