@@ -7,20 +7,17 @@ setuptools.setup(
     description="FLAN-style instruction tuning in JAX: seqio tasks and mixtures, "
     "gin-configured partitioned trainers for encoder-decoder and decoder-only models.",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["flan_jax", "flan_jax.*"])
-    + ["flan_jax.specs.tasks", "flan_jax.specs.mixtures", "flan_jax.specs.gin"],
-    # Task / mixture specs and gin files are data shipped with the package.
-    package_dir={
-        "flan_jax": "flan_jax",
-        "flan_jax.specs.tasks": "tasks",
-        "flan_jax.specs.mixtures": "mixtures",
-        "flan_jax.specs.gin": "gin",
-    },
+    packages=setuptools.find_packages(include=["flan_jax", "flan_jax.*"]),
+    # tasks/, mixtures/ and gin/ are data shipped with the package: flan_jax/specs/{tasks,
+    # mixtures,gin} are symlinks to the top-level folders, copied into wheels as files.
     package_data={
-        "flan_jax.specs.tasks": ["*.yaml", "**/*.yaml"],
-        "flan_jax.specs.mixtures": ["*.yaml", "**/*.yaml"],
-        "flan_jax.specs.gin": ["*.gin", "**/*.gin"],
+        "flan_jax": [
+            "specs/tasks/**/*.yaml",
+            "specs/mixtures/**/*.yaml",
+            "specs/gin/**/*.gin",
+        ]
     },
+    include_package_data=True,
     install_requires=[
         "jax>=0.10.2,<0.11",
         "jaxlib>=0.10.2,<0.11",
