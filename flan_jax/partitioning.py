@@ -92,3 +92,84 @@ def logical_to_mesh_sharding(tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
         tree,
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )
+
+
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """Number of ways the batch is split: data * fsdp."""
+    return int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
+
+
+def validate_batch_size(batch_size: int, mesh: Mesh, num_microbatches: int = 1) -> None:
+    """Fails before compiling when the global batch does not split over the mesh and hosts."""
+    d = data_parallel_size(mesh)
+    if batch_size % num_microbatches:
+        raise ValueError(
+            f"BATCH_SIZE ({batch_size}) must be divisible by num_microbatches ({num_microbatches})"
+        )
+    micro = batch_size // num_microbatches
+    if micro % d:
+        raise ValueError(
+            f"BATCH_SIZE ({batch_size}) / num_microbatches ({num_microbatches}) = {micro} must be "
+            f"divisible by data*fsdp ({d}) of mesh {dict(mesh.shape)}"
+        )
+    if batch_size % jax.process_count():
+        raise ValueError(
+            f"BATCH_SIZE ({batch_size}) must be divisible by the process count "
+            f"({jax.process_count()}): each host feeds an equal share"
+        )
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a [batch, ...] array: batch split over data and fsdp, rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def params_shardings(boxed_params, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+    """NamedShardings for a (possibly abstract) tree of nn.Partitioned-boxed parameters.
+
+    Unboxed leaves (no logical names) are replicated. The result has the unboxed tree's
+    structure.
+    """
+    specs = nn.get_partition_spec(boxed_params)
+    return logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def _dict_keys(path) -> tuple[str, ...]:
+    return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def opt_state_shardings(opt_state_shapes, params_shapes, param_shardings, mesh: Mesh):
+    """Shardings for optimizer state derived from the parameters' shardings.
+
+    A state leaf whose trailing dict keys name a parameter and whose shape equals that
+    parameter's shape takes its sharding (momenta, unfactored `v`); anything else
+    (Adafactor's factored `v_row`/`v_col`, counts) is replicated: it is O(rows + cols).
+    optax copies logical annotations onto factored statistics of lower rank, which is
+    invalid (see STACK.md), hence this derivation.
+    """
+    by_path = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params_shapes)[0]:
+        by_path[_dict_keys(path)] = leaf.shape
+    shard_by_path = {
+        _dict_keys(path): s
+        for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]
+    }
+    repl = replicated(mesh)
+
+    def pick(path, leaf):
+        keys = _dict_keys(path)
+        for start in range(len(keys)):
+            suffix = keys[start:]
+            if suffix in by_path:
+                return shard_by_path[suffix] if by_path[suffix] == leaf.shape else repl
+        return repl
+
+    return jax.tree_util.tree_map_with_path(pick, opt_state_shapes)

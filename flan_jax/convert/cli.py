@@ -1,0 +1,57 @@
+"""`flan-jax convert hf-to-flan | flan-to-hf | t5x-to-flan SRC DST`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from flan_jax import convert
+
+
+def _hf_to_flan(src: str, dst: str) -> str:
+    from flan_jax.convert import hf
+
+    params, architecture, cfg, hf_config = hf.hf_to_flan(src)
+    convert.save_converted(dst, params, architecture, cfg, {"source": src, "hf_config": hf_config})
+    return f"{hf.hf_architecture(hf_config)} -> {architecture}"
+
+
+def _flan_to_hf(src: str, dst: str) -> str:
+    from flan_jax.convert import hf
+
+    architecture, cfg, meta = convert.load_converted_config(src)
+    hf.flan_to_hf(convert.load_params(src), architecture, cfg, dst, meta.get("hf_config"))
+    return f"{architecture} -> HF"
+
+
+def _t5x_to_flan(src: str, dst: str) -> str:
+    from flan_jax.convert import t5x
+
+    params = t5x.load_t5x_params(src)
+    cfg = t5x.config_from_t5x_params(params)
+    expected = convert.expected_param_shapes("encoder_decoder", cfg)
+    convert.check_param_shapes(params, expected, src)
+    convert.save_converted(dst, params, "encoder_decoder", cfg, {"source": src})
+    return "T5X -> encoder_decoder"
+
+
+COMMANDS = {"hf-to-flan": _hf_to_flan, "flan-to-hf": _flan_to_hf, "t5x-to-flan": _t5x_to_flan}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; argv excludes the program and `convert` (e.g. ['hf-to-flan', SRC, DST])."""
+    parser = argparse.ArgumentParser(
+        prog="flan-jax convert",
+        description="Convert checkpoints between Hugging Face, T5X and flan_jax (local paths only).",
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("src", help="HF dir, T5X checkpoint_<step> dir, or a converted flan dir")
+    parser.add_argument("dst", help="output dir (flan: default/ + flan_model.json; HF: safetensors)")
+    args = parser.parse_args(argv)
+    what = COMMANDS[args.command](args.src, args.dst)
+    print(f"converted {args.src} ({what}) into {args.dst}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

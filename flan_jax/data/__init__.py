@@ -1,0 +1,1 @@
+"""The data layer: templates, formats, sources, task and mixture specs on seqio."""

@@ -1,0 +1,207 @@
+"""Raw example sources: JSONL/TSV/CSV files ($FLAN_JAX_DATA_DIR), TFDS, Python functions.
+
+Every source yields plain dicts of source key -> value per split; tasks.py renders them.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import json
+import os
+import pathlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+DATA_DIR_ENV = "FLAN_JAX_DATA_DIR"
+SOURCE_TYPES = ("jsonl", "tsv", "csv", "tfds", "function")
+FILE_TYPES = ("jsonl", "tsv", "csv")
+DEFAULT_FUNCTION_SPLITS = ("train", "validation", "test")
+Example = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SourceSpec:
+    """Where raw examples come from.
+
+    Attributes:
+        type: one of jsonl, tsv, csv, tfds, function.
+        splits: split -> file path (files; may use $FLAN_JAX_DATA_DIR), split -> TFDS split
+            (tfds), or split -> split (function).
+        name: TFDS "name/config:version" (tfds only).
+        data_dir: TFDS data dir (tfds only; default: TFDS's).
+        fn: "module:function" called as fn(split, **args) -> list[dict] (function only).
+        args: keyword arguments for fn.
+        columns: column names of a headerless TSV/CSV (else the first row is the header).
+        delimiter: overrides "\\t" (tsv) or "," (csv).
+    """
+
+    type: str
+    splits: Mapping[str, str]
+    name: str | None = None
+    data_dir: str | None = None
+    fn: str | None = None
+    args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    columns: tuple[str, ...] | None = None
+    delimiter: str | None = None
+
+    def __post_init__(self):
+        if self.type not in SOURCE_TYPES:
+            raise ValueError(f"source type {self.type!r} is not one of {SOURCE_TYPES}")
+        if not self.splits:
+            raise ValueError(f"{self.type} source needs `splits:` (split -> path or split name)")
+        if self.type == "tfds" and not self.name:
+            raise ValueError('tfds source needs `name:` such as "super_glue/rte:1.0.2"')
+        if self.type == "function" and (not self.fn or ":" not in self.fn):
+            raise ValueError(f'function source needs `fn: "module:function"`, got {self.fn!r}')
+        if self.type != "function" and self.fn:
+            raise ValueError(f"`fn:` only applies to function sources, not {self.type!r}")
+        if self.columns is not None and self.type not in ("tsv", "csv"):
+            raise ValueError(f"`columns:` only applies to tsv/csv sources, not {self.type!r}")
+
+
+def source_from_dict(data: Mapping[str, Any]) -> SourceSpec:
+    """Builds a SourceSpec from its YAML mapping (function sources default their splits)."""
+    data = dict(data)
+    known = {f.name for f in dataclasses.fields(SourceSpec)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown source key {unknown[0]!r}; known keys: {sorted(known)}")
+    splits = data.get("splits")
+    if splits is None and data.get("type") == "function":
+        splits = DEFAULT_FUNCTION_SPLITS
+    if isinstance(splits, (list, tuple)):
+        splits = {s: s for s in splits}
+    data["splits"] = dict(splits or {})
+    data["args"] = dict(data.get("args") or {})
+    if data.get("columns") is not None:
+        data["columns"] = tuple(data["columns"])
+    return SourceSpec(**data)
+
+
+def expand_path(path: str) -> pathlib.Path:
+    """Expands `$FLAN_JAX_DATA_DIR` (and other variables, `~`) in a data file path."""
+    if f"${DATA_DIR_ENV}" in path or f"${{{DATA_DIR_ENV}}}" in path:
+        if not os.environ.get(DATA_DIR_ENV):
+            raise FileNotFoundError(
+                f"data file {path!r} uses ${DATA_DIR_ENV}, which is not set; "
+                f"export {DATA_DIR_ENV}=/path/to/data (e.g. ../shared/data)"
+            )
+    return pathlib.Path(os.path.expanduser(os.path.expandvars(path)))
+
+
+def resolve_function(ref: str) -> Callable[..., Any]:
+    """Imports "module:attr" and returns the attribute (a clear error when it is missing)."""
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"cannot import module {module_name!r} of {ref!r}: {e}") from None
+    if not hasattr(module, attr):
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r} (from {ref!r})")
+    return getattr(module, attr)
+
+
+def check_available(spec: SourceSpec, split: str) -> None:
+    """Raises FileNotFoundError / ValueError when `split` cannot be read."""
+    if split not in spec.splits:
+        raise ValueError(f"split {split!r} is not in the source's splits {sorted(spec.splits)}")
+    if spec.type in FILE_TYPES:
+        path = expand_path(spec.splits[split])
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"data file {str(path)!r} (split {split!r}, spec path {spec.splits[split]!r}) "
+                f"does not exist; check the path or ${DATA_DIR_ENV} "
+                f"(now {os.environ.get(DATA_DIR_ENV)!r})"
+            )
+
+
+def data_available(spec: SourceSpec, split: str) -> bool:
+    """Whether files exist for `split` (function and tfds sources count as available)."""
+    try:
+        check_available(spec, split)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
+def iter_examples(spec: SourceSpec, split: str) -> Iterator[Example]:
+    """Yields the raw examples of `split` in their stored order.
+
+    Raises:
+        FileNotFoundError: the file is missing (names the path and $FLAN_JAX_DATA_DIR).
+        ValueError: a malformed line (names the file and the 1-based line number).
+    """
+    check_available(spec, split)
+    if spec.type == "jsonl":
+        yield from _iter_jsonl(expand_path(spec.splits[split]))
+    elif spec.type in ("tsv", "csv"):
+        yield from _iter_delimited(spec, expand_path(spec.splits[split]))
+    elif spec.type == "function":
+        examples = resolve_function(spec.fn)(spec.splits[split], **spec.args)
+        for i, example in enumerate(examples):
+            if not isinstance(example, Mapping):
+                raise ValueError(f"{spec.fn} returned a {type(example).__name__} at index {i}")
+            yield dict(example)
+    else:
+        yield from _iter_tfds(spec, split)
+
+
+def _iter_jsonl(path: pathlib.Path) -> Iterator[Example]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                example = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
+            if not isinstance(example, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {line.strip()!r}")
+            yield example
+
+
+def _iter_delimited(spec: SourceSpec, path: pathlib.Path) -> Iterator[Example]:
+    delimiter = spec.delimiter or ("\t" if spec.type == "tsv" else ",")
+    quoting = csv.QUOTE_NONE if spec.type == "tsv" else csv.QUOTE_MINIMAL
+    # utf-8-sig drops a byte-order mark (GLUE's MRPC header starts with one).
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+        columns = spec.columns
+        for row in reader:
+            lineno = reader.line_num
+            if columns is None:
+                columns = tuple(row)
+                continue
+            if not row:
+                continue
+            if len(row) != len(columns):
+                raise ValueError(
+                    f"{path}:{lineno}: expected {len(columns)} columns {list(columns)}, "
+                    f"got {len(row)}; fix the line or the spec's `columns:`"
+                )
+            yield dict(zip(columns, row))
+
+
+def _iter_tfds(spec: SourceSpec, split: str) -> Iterator[Example]:
+    import seqio  # noqa: PLC0415  (TensorFlow only when a TFDS source is read)
+
+    source = seqio.TfdsDataSource(
+        tfds_name=spec.name, tfds_data_dir=spec.data_dir, splits=dict(spec.splits)
+    )
+    dataset = source.get_dataset(split, shuffle=False)
+    for example in dataset.as_numpy_iterator():
+        yield {k: _to_python(v) for k, v in example.items()}
+
+
+def _to_python(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [_to_python(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_python(v) for k, v in value.items()}
+    return value

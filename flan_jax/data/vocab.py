@@ -1,0 +1,57 @@
+"""Vocabularies by name: "byte" (no file), "t5" (the T5 SentencePiece model), or a .model path.
+
+SentencePiece files are opened on first use, so registering tasks never needs the file.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import seqio
+
+VOCAB_ENV = "FLAN_JAX_VOCAB"
+T5_EXTRA_IDS = 100
+
+
+class LazySentencePieceVocabulary(seqio.SentencePieceVocabulary):
+    """A SentencePieceVocabulary whose missing file is a clear error at first use."""
+
+    @property
+    def _model_context(self):
+        path = self.sentencepiece_model_file
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"SentencePiece model {path!r} does not exist; set ${VOCAB_ENV} to a .model "
+                "file, or $FLAN_JAX_DATA_DIR to a folder holding tokenizer/t5_spiece.model, "
+                'or use `vocabulary: byte`'
+            )
+        return super()._model_context
+
+
+def t5_vocab_path() -> str:
+    """$FLAN_JAX_VOCAB, else $FLAN_JAX_DATA_DIR/tokenizer/t5_spiece.model."""
+    if os.environ.get(VOCAB_ENV):
+        return os.environ[VOCAB_ENV]
+    data_dir = os.environ.get("FLAN_JAX_DATA_DIR", "")
+    return os.path.join(data_dir or "$FLAN_JAX_DATA_DIR", "tokenizer", "t5_spiece.model")
+
+
+def get_vocabulary(name: str = "t5") -> seqio.Vocabulary:
+    """Returns the vocabulary a spec's `vocabulary:` names (cached: same name, same object).
+
+    Args:
+        name: "byte" -> seqio.ByteVocabulary(); "t5" -> SentencePiece at `t5_vocab_path()` with
+            100 extra ids (32,100 ids); anything else is a SentencePiece .model path (also 100 extra ids).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"vocabulary must be 'byte', 't5' or a .model path, got {name!r}")
+    path = t5_vocab_path() if name == "t5" else name
+    return _cached_vocabulary("byte" if name == "byte" else path)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_vocabulary(key: str) -> seqio.Vocabulary:
+    if key == "byte":
+        return seqio.ByteVocabulary()
+    return LazySentencePieceVocabulary(key, extra_ids=T5_EXTRA_IDS)

@@ -1,0 +1,183 @@
+"""seqio datasets per host, batched locally and assembled into global jax.Arrays on the mesh."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterator, Mapping
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from flan_jax import partitioning
+
+NumpyBatch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Which examples the trainer reads (T5X's MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, BATCH_SIZE).
+
+    Attributes:
+      mixture_or_task_name: a registered seqio task or mixture.
+      task_feature_lengths: e.g. {"inputs": 512, "targets": 114}.
+      batch_size: global batch (all hosts together).
+      split: training split.
+      shuffle, seed: seqio shuffling (the seed makes the order reproducible).
+      pack: pack several examples per row (segment ids and positions).
+      use_cached: read seqio's offline cache.
+      eval_split: validation split of each task used by in-training eval.
+      eval_max_examples: cap per task for in-training eval (None: all).
+    """
+
+    mixture_or_task_name: str
+    task_feature_lengths: Mapping[str, int]
+    batch_size: int
+    split: str = "train"
+    shuffle: bool = True
+    seed: int | None = 0
+    pack: bool = True
+    use_cached: bool = False
+    eval_split: str = "validation"
+    eval_max_examples: int | None = 256
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"BATCH_SIZE ({self.batch_size}) must be >= 1")
+        bad = {k: v for k, v in self.task_feature_lengths.items() if not isinstance(v, int) or v < 1}
+        if bad or not self.task_feature_lengths:
+            raise ValueError(f"TASK_FEATURE_LENGTHS {dict(self.task_feature_lengths)} needs positive ints")
+        if self.batch_size % jax.process_count():
+            raise ValueError(
+                f"BATCH_SIZE ({self.batch_size}) must be divisible by the process count ({jax.process_count()})"
+            )
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.batch_size // jax.process_count()
+
+
+def shard_info() -> seqio.ShardInfo:
+    return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
+
+
+def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
+    """The registered task or mixture; unknown names list the closest registered ones."""
+    try:
+        return seqio.get_mixture_or_task(name)
+    except ValueError as e:
+        import difflib
+
+        names = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        raise ValueError(
+            f"MIXTURE_OR_TASK_NAME {name!r} is not registered; closest: {close}. "
+            "Set MIXTURE_OR_TASK_MODULE to the module that registers it (e.g. 'flan_jax.registry')"
+        ) from e
+
+
+def model_input_shapes(config: DataConfig, converter: seqio.FeatureConverter) -> dict[str, tuple[int, int]]:
+    """{model feature: (global batch, length)} for initialising the model."""
+    lengths = converter.get_model_feature_lengths(dict(config.task_feature_lengths))
+    return {k: (config.batch_size, v) for k, v in lengths.items()}
+
+
+def get_train_dataset(config: DataConfig, converter: seqio.FeatureConverter) -> tf.data.Dataset:
+    """This host's share of the (repeated) training data, batched to the local batch size."""
+    get_mixture_or_task(config.mixture_or_task_name)
+    ds = seqio.get_dataset(
+        config.mixture_or_task_name,
+        dict(config.task_feature_lengths),
+        converter,
+        dataset_split=config.split,
+        use_cached=config.use_cached,
+        shuffle=config.shuffle,
+        num_epochs=None,
+        shard_info=shard_info(),
+        seed=config.seed,
+        verbose=False,
+    )
+    return ds.batch(config.local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def make_global_batch(local: NumpyBatch, mesh: Mesh, global_batch_size: int) -> dict[str, jax.Array]:
+    """Assembles each host's [local_batch, ...] arrays into global [batch, ...] jax.Arrays."""
+    sharding = partitioning.batch_sharding(mesh)
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v, (global_batch_size,) + v.shape[1:])
+        for k, v in local.items()
+    }
+
+
+def fingerprint(local: NumpyBatch) -> str:
+    """Short hash of this host's batch (identifies the examples a step trained on)."""
+    h = hashlib.sha1()
+    for k in sorted(local):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(local[k]).tobytes())
+    return h.hexdigest()[:16]
+
+
+class TrainIterator:
+    """Global batches from a tf.data iterator; `tf_iterator` is what checkpoints save.
+
+    No Python-side read-ahead: the tf.data iterator's position is exactly the number of
+    batches the trainer consumed (tf.data's own prefetch buffer is part of its state).
+    """
+
+    def __init__(self, dataset: tf.data.Dataset, mesh: Mesh, global_batch_size: int):
+        self.tf_iterator = iter(dataset)
+        self.mesh = mesh
+        self.global_batch_size = global_batch_size
+
+    def __iter__(self) -> Iterator[tuple[dict[str, jax.Array], NumpyBatch]]:
+        return self
+
+    def __next__(self) -> tuple[dict[str, jax.Array], NumpyBatch]:
+        local = jax.tree.map(np.asarray, next(self.tf_iterator))
+        return make_global_batch(local, self.mesh, self.global_batch_size), local
+
+
+def eval_task_names(config: DataConfig) -> list[str]:
+    """Tasks of the mixture (or the task itself) that have the eval split."""
+    mt = get_mixture_or_task(config.mixture_or_task_name)
+    tasks = mt.tasks if isinstance(mt, seqio.Mixture) else [mt]
+    return sorted(t.name for t in tasks if config.eval_split in t.splits)
+
+
+def _pad_rows(batch: NumpyBatch, rows: int) -> NumpyBatch:
+    """Zero rows at the end: zero loss weights, so they add nothing to summed metrics."""
+    return {k: np.concatenate([v, np.zeros((rows - len(v),) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+
+
+def load_eval_batches(
+    config: DataConfig, converter: seqio.FeatureConverter, task_name: str
+) -> list[NumpyBatch]:
+    """This host's share of a task's eval split as padded local batches (equal count on all hosts)."""
+    ds = seqio.get_dataset(
+        task_name,
+        dict(config.task_feature_lengths),
+        converter,
+        dataset_split=config.eval_split,
+        use_cached=config.use_cached,
+        shuffle=False,
+        num_epochs=1,
+        shard_info=shard_info(),
+        verbose=False,
+    )
+    if config.eval_max_examples is not None:
+        ds = ds.take(max(1, config.eval_max_examples // jax.process_count()))
+    b = config.local_batch_size
+    batches = [_pad_rows(jax.tree.map(np.asarray, x), b) for x in ds.batch(b).as_numpy_iterator()]
+    count = len(batches)
+    if jax.process_count() > 1:  # hosts must run the same number of collective steps
+        count = int(np.max(multihost_utils.process_allgather(np.int32(count))))
+    template = batches[0] if batches else None
+    if template is None:
+        raise ValueError(f"eval split {config.eval_split!r} of task {task_name!r} is empty on process {jax.process_index()}")
+    empty = {k: np.zeros_like(v) for k, v in template.items()}
+    return batches + [empty] * (count - len(batches))

@@ -1,0 +1,278 @@
+"""The gin entry point (`flan-jax train`, `python -m flan_jax.train`) and the train loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import tensorflow as tf
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from flan_jax import checkpoints, input_pipeline, metrics_log, optimizer, partitioning, train_state
+from flan_jax.checkpoints import CheckpointConfig
+from flan_jax.input_pipeline import DataConfig
+from flan_jax.optimizer import OptimizerConfig
+from flan_jax.train_state import StepConfig
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """The run's length, logging and initialisation.
+
+    Attributes:
+      model_dir: MODEL_DIR (local path or gs://).
+      train_steps: TRAIN_STEPS, the total step count (a resumed run continues to it).
+      log_period: fetch metrics from the devices and log every this many steps.
+      eval_period: EVAL_PERIOD, teacher-forced eval on the eval split (None: off).
+      seed: parameter initialisation seed.
+      initial_checkpoint_path: INITIAL_CHECKPOINT_PATH, params only (None: random init).
+      record_batch_fingerprints: write MODEL_DIR/batches/process_<i>.jsonl, a hash of every
+        step's local batch (to check exact resume).
+    """
+
+    model_dir: str
+    train_steps: int
+    log_period: int = 100
+    eval_period: int | None = None
+    seed: int = 0
+    initial_checkpoint_path: str | None = None
+    record_batch_fingerprints: bool = False
+
+    def __post_init__(self):
+        if not self.model_dir:
+            raise ValueError("MODEL_DIR is empty; set --gin.MODEL_DIR=\"'runs/my_run'\"")
+        if self.train_steps < 1:
+            raise ValueError(f"TRAIN_STEPS ({self.train_steps}) must be >= 1")
+        if self.log_period < 1:
+            raise ValueError(f"log_period ({self.log_period}) must be >= 1")
+        if self.eval_period is not None and self.eval_period < 1:
+            raise ValueError(f"EVAL_PERIOD ({self.eval_period}) must be >= 1 or None")
+
+
+class PreemptionWatcher:
+    """SIGTERM sets a flag; the loop checkpoints and exits at the next step boundary.
+
+    Multi-host: JAX's preemption sync point makes every host stop at the same step.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return self.requested or multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def close(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+class MetricsWindow:
+    """Per-step metrics left on device until fetched (no host sync every step)."""
+
+    def __init__(self):
+        self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+        self.sums: dict[str, float] = {}
+        self.num_steps = 0
+
+    def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        self.pending.append((step, metrics))
+
+    def drain(self, last_checkpoint: int | None) -> None:
+        """Fetches pending metrics; a non-finite loss raises, naming its step."""
+        for step, m in jax.device_get(self.pending):
+            loss = float(m["loss"])
+            if not np.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss} at step {step}; stopped without saving. The last good "
+                    f"checkpoint is step {last_checkpoint}; lower LEARNING_RATE or inspect that batch"
+                )
+            for k, v in m.items():
+                self.sums[k] = self.sums.get(k, 0.0) + float(v) if k != "learning_rate" else float(v)
+            self.num_steps += 1
+        self.pending = []
+
+    def pop(self) -> tuple[dict[str, float], int]:
+        out = (self.sums, self.num_steps)
+        self.sums, self.num_steps = {}, 0
+        return out
+
+
+def _restore_or_init(model, tx, ckpt, shapes, abstract, shardings, run: RunConfig, data_iter, log):
+    """Latest checkpoint (state + data iterator) if any, else fresh or INITIAL_CHECKPOINT_PATH params."""
+    latest = ckpt.latest_step()
+    if latest is not None:
+        log.info(f"restoring checkpoint step {latest} from {ckpt.directory}")
+        return ckpt.restore(latest, abstract, data_iter), latest
+    if run.initial_checkpoint_path:
+        log.info(f"initialising params from {run.initial_checkpoint_path}")
+        params = checkpoints.load_initial_params(run.initial_checkpoint_path, abstract["params"])
+    else:
+        params = train_state.init_params(model, shapes, jax.random.PRNGKey(run.seed), shardings["params"])
+    return train_state.init_state(params, tx, shardings), 0
+
+
+def _evaluate(eval_step, params, eval_batches, mesh: Mesh, batch_size: int) -> dict[str, dict[str, float]]:
+    results = {}
+    for task, batches in eval_batches.items():
+        sums = None
+        for local in batches:
+            m = eval_step(params, input_pipeline.make_global_batch(local, mesh, batch_size))
+            sums = m if sums is None else jax.tree.map(lambda a, b: a + b, sums, m)
+        results[task] = train_state.summarize(jax.device_get(sums), num_steps=len(batches))
+    return results
+
+
+def _tokens_per_step(shapes: dict[str, tuple[int, int]]) -> int:
+    keys = ("encoder_input_tokens", "decoder_target_tokens")
+    return int(sum(shapes[k][0] * shapes[k][1] for k in keys if k in shapes))
+
+
+def _validate(mesh: Mesh, data: DataConfig, step: StepConfig) -> None:
+    if mesh.size != jax.device_count():
+        raise ValueError(f"mesh {dict(mesh.shape)} has {mesh.size} devices; there are {jax.device_count()}")
+    partitioning.validate_batch_size(data.batch_size, mesh, step.num_microbatches)
+
+
+def train(
+    *,
+    model: Any,
+    data: DataConfig,
+    mesh: Mesh,
+    optimizer_config: OptimizerConfig,
+    checkpoint: CheckpointConfig,
+    run: RunConfig,
+    step_config: StepConfig = StepConfig(),
+    mixture_or_task_module: str | None = None,
+) -> dict[str, Any]:
+    """Trains `model` to `run.train_steps`; returns the final state (params on the mesh)."""
+    if mixture_or_task_module:
+        importlib.import_module(mixture_or_task_module)
+    _validate(mesh, data, step_config)
+    converter = model.feature_converter_cls(pack=data.pack)
+    shapes = input_pipeline.model_input_shapes(data, converter)
+    tx, schedule = optimizer.make_optimizer(optimizer_config), optimizer.make_schedule(optimizer_config)
+    batches = input_pipeline.TrainIterator(input_pipeline.get_train_dataset(data, converter), mesh, data.batch_size)
+    ckpt = checkpoints.Checkpointer(run.model_dir, checkpoint)
+    eval_batches = {}
+    if run.eval_period:
+        eval_conv = model.feature_converter_cls(pack=False)
+        names = input_pipeline.eval_task_names(data)
+        eval_batches = {n: input_pipeline.load_eval_batches(data, eval_conv, n) for n in names}
+    watcher = PreemptionWatcher()
+    with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
+        abstract, shardings = train_state.state_shardings(model, tx, shapes, mesh)
+        step_fn = jax.jit(
+            train_state.make_train_step(model.loss_fn, tx, schedule, step_config, mesh),
+            in_shardings=(shardings, partitioning.batch_sharding(mesh)),
+            out_shardings=(shardings, partitioning.replicated(mesh)),
+            donate_argnums=0,
+        )
+        eval_step = jax.jit(
+            train_state.make_eval_step(model.loss_fn),
+            in_shardings=(shardings["params"], partitioning.batch_sharding(mesh)),
+            out_shardings=partitioning.replicated(mesh),
+        )
+        batch_abstract = {
+            k: jax.ShapeDtypeStruct(v, np.int32, sharding=partitioning.batch_sharding(mesh)) for k, v in shapes.items()
+        }
+        compiled = step_fn.lower(abstract, batch_abstract).compile()
+        log = metrics_log.MetricsLogger(
+            run.model_dir, total_steps=run.train_steps, flops_per_device_step=metrics_log.step_flops(compiled)
+        )
+        state, step = _restore_or_init(model, tx, ckpt, shapes, abstract, shardings, run, batches.tf_iterator, log)
+        try:
+            state = _loop(state, step, compiled, batches, ckpt, log, watcher, run, checkpoint, eval_step, eval_batches, mesh, data, shapes)  # fmt: skip
+        finally:
+            watcher.close()
+            ckpt.close()
+            log.close()
+    return state
+
+
+def _loop(state, step, compiled, batches, ckpt, log, watcher, run, checkpoint, eval_step, eval_batches, mesh, data, shapes):  # fmt: skip
+    """Steps from `step` to run.train_steps; checkpoints, evals and logs on their periods."""
+    window, last_ckpt = MetricsWindow(), ckpt.latest_step()
+    fingerprints = _FingerprintLog(run) if run.record_batch_fingerprints else None
+    tokens_per_step, t0 = _tokens_per_step(shapes), time.perf_counter()
+    while step < run.train_steps:
+        batch, local = next(batches)
+        if fingerprints:
+            fingerprints.write(step + 1, local)
+        state, metrics = compiled(state, batch)
+        step += 1
+        window.add(step, metrics)
+        stop = watcher.should_stop(step)
+        save = step % checkpoint.period == 0 or step == run.train_steps or stop
+        evaluate = bool(run.eval_period) and (step % run.eval_period == 0 or step == run.train_steps)
+        if save or evaluate or step % run.log_period == 0 or step == run.train_steps:
+            window.drain(last_ckpt)  # a NaN stops here, before any checkpoint of it
+        if window.num_steps and (step % run.log_period == 0 or step == run.train_steps or stop):
+            sums, n = window.pop()
+            seconds = time.perf_counter() - t0
+            summary = dict(train_state.summarize(sums, n), learning_rate=sums["learning_rate"])
+            log.log_train(step, summary, num_steps=n, seconds=seconds, tokens=tokens_per_step * n, target_tokens=sums["weight_sum"])  # fmt: skip
+            t0 = time.perf_counter()
+        if save:
+            ckpt.save(step, state, batches.tf_iterator)
+            last_ckpt = step
+        if evaluate:
+            log.log_eval(step, _evaluate(eval_step, state["params"], eval_batches, mesh, data.batch_size))
+        if stop:
+            log.info(f"SIGTERM: saved checkpoint at step {step}; exiting")
+            break
+    return state
+
+
+class _FingerprintLog:
+    """MODEL_DIR/batches/process_<i>.jsonl: {"step", "hash"} of each step's local batch."""
+
+    def __init__(self, run: RunConfig):
+        path = os.path.join(run.model_dir, "batches", f"process_{jax.process_index()}.jsonl")
+        tf.io.gfile.makedirs(os.path.dirname(path))
+        self._file = tf.io.gfile.GFile(path, "a")
+
+    def write(self, step: int, local) -> None:
+        self._file.write(json.dumps({"step": step, "hash": input_pipeline.fingerprint(local)}) + "\n")
+        self._file.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`flan-jax train --gin_file=runs/finetune.gin --gin.MODEL_DIR=... ...`; returns the exit code."""
+    import sys
+
+    import gin
+
+    from flan_jax import gin_flags
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = gin_flags.parse(argv, "flan-jax train")
+    gin_flags.initialize_distributed(args)
+    model_dir = gin.query_parameter("%MODEL_DIR")
+    gin_flags.write_config(model_dir, gin.config_str())
+    try:
+        gin.get_configurable(train)()
+    except FloatingPointError as e:
+        print(f"flan-jax train: {e}", file=sys.stderr)
+        return 1
+    finally:
+        gin_flags.write_config(model_dir, gin.operative_config_str())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""The train state, its sharded initialisation, and the pure train / eval steps."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding
+
+from flan_jax import partitioning
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+# TrainState is a plain dict (orbax saves and restores it as-is):
+#   {"step": int32 scalar, "params": tree, "opt_state": tree}
+TrainState = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StepConfig:
+    """What the train step does besides the optimizer update.
+
+    bf16 compute, z-loss and the loss normalizing factor belong to the model
+    (`TransformerConfig.dtype`, `models.LossConfig`); the step only sums gradients.
+
+    Attributes:
+      num_microbatches: split each batch into this many microbatches and sum their
+        gradients (the model's loss is a sum / constant factor, so this equals the
+        full-batch gradient).
+      dropout_seed: base seed of the dropout rng, folded with the step (and microbatch).
+    """
+
+    num_microbatches: int = 1
+    dropout_seed: int = 0
+
+    def __post_init__(self):
+        if self.num_microbatches < 1:
+            raise ValueError(f"num_microbatches ({self.num_microbatches}) must be >= 1")
+
+
+def state_shardings(model, tx, input_shapes, mesh: Mesh, rng=None) -> tuple[PyTree, TrainState]:
+    """Abstract state (ShapeDtypeStructs with shardings) and its shardings, without allocating."""
+    rng = jax.random.PRNGKey(0) if rng is None else rng
+    boxed = jax.eval_shape(lambda r: model.get_initial_variables(r, input_shapes), rng)["params"]
+    param_sh = partitioning.params_shardings(boxed, mesh)
+    params_shape = nn.unbox(boxed)
+    opt_shape = jax.eval_shape(tx.init, params_shape)
+    opt_sh = partitioning.opt_state_shardings(opt_shape, params_shape, param_sh, mesh)
+    shardings = {"step": partitioning.replicated(mesh), "params": param_sh, "opt_state": opt_sh}
+    shapes = {
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "params": params_shape,
+        "opt_state": opt_shape,
+    }
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )
+    return abstract, shardings
+
+
+def init_params(model, input_shapes, rng, shardings) -> PyTree:
+    """Parameters created directly in their shardings (never materialised on one device)."""
+    init = jax.jit(
+        lambda r: nn.unbox(model.get_initial_variables(r, input_shapes)["params"]),
+        out_shardings=shardings,
+    )
+    return init(rng)
+
+
+def init_state(params, tx, shardings: TrainState) -> TrainState:
+    """Optimizer state under jit with out_shardings (a plain tx.init leaves `count` on one device)."""
+    opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
+    step = jax.device_put(jnp.zeros((), jnp.int32), shardings["step"])
+    return {"step": step, "params": params, "opt_state": opt_state}
+
+
+def _split_microbatches(batch: Batch, n: int, mesh: Mesh) -> Batch:
+    """[B, ...] -> [n, B/n, ...]; microbatch i takes rows i, i+n, ... so it spans every shard."""
+    sharding = NamedSharding(mesh, jax.sharding.PartitionSpec(None, partitioning.BATCH_AXES))
+
+    def split(x):
+        x = x.reshape((x.shape[0] // n, n) + x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, sharding)
+
+    return jax.tree.map(split, batch)
+
+
+def grads_and_metrics(params, batch: Batch, loss_fn: Callable, config: StepConfig, rng, mesh: Mesh):
+    """Gradients (summed over microbatches) and summed metrics of one batch."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if config.num_microbatches == 1:
+        (_, metrics), grads = grad_fn(params, batch, rng)
+        return grads, metrics
+    micro = _split_microbatches(batch, config.num_microbatches, mesh)
+
+    def body(carry, xs):
+        i, mb = xs
+        (_, m), g = grad_fn(params, mb, None if rng is None else jax.random.fold_in(rng, i))
+        acc_g, acc_m = carry
+        return (jax.tree.map(jnp.add, acc_g, g), jax.tree.map(jnp.add, acc_m, m)), None
+
+    zeros_g = jax.tree.map(jnp.zeros_like, params)
+    first_mb = jax.tree.map(lambda x: x[0], micro)
+    m_shape = jax.eval_shape(lambda: grad_fn(params, first_mb, rng)[0][1])
+    zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
+    idx = jnp.arange(config.num_microbatches)
+    (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), (idx, micro))
+    return grads, metrics
+
+
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule, config: StepConfig, mesh: Mesh):
+    """Pure `train_step(state, batch) -> (state, metrics)`; jit it with shardings and donation."""
+
+    def train_step(state: TrainState, batch: Batch):
+        rng = jax.random.fold_in(jax.random.PRNGKey(config.dropout_seed), state["step"])
+        grads, metrics = grads_and_metrics(state["params"], batch, loss_fn, config, rng, mesh)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = dict(metrics, learning_rate=schedule(state["step"]), grad_norm=optax.global_norm(grads))
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
+
+    return train_step
+
+
+def make_eval_step(loss_fn: Callable):
+    """Pure `eval_step(params, batch) -> metrics` (teacher-forced, no dropout)."""
+
+    def eval_step(params, batch: Batch):
+        _, metrics = loss_fn(params, batch, None)
+        return metrics
+
+    return eval_step
+
+
+def summarize(metrics: Mapping[str, float | np.ndarray], num_steps: int = 1) -> dict[str, float]:
+    """Per-token loss and accuracy from summed metrics (T5X's conventions)."""
+    w = float(metrics.get("weight_sum", 0.0)) or 1.0
+    out = {
+        "loss": float(metrics["loss"]) / max(num_steps, 1),
+        "cross_ent_per_token": float(metrics["cross_ent_loss"]) / w,
+        "accuracy": float(metrics["correct"]) / w,
+        "weight_sum": float(metrics.get("weight_sum", 0.0)),
+    }
+    if "z_loss" in metrics:
+        out["z_loss"] = float(metrics["z_loss"]) / max(num_steps, 1)
+    return out

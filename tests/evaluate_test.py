@@ -1,0 +1,207 @@
+"""Evaluation with a tiny random T5: rank classification, generation, outputs, mesh parity."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+from flax import linen as nn
+
+from flan_jax import evaluate, infer, models, network
+from flan_jax.decoding import DecodeConfig
+from flan_jax.partitioning import make_mesh
+
+VOCAB = seqio.ByteVocabulary()
+LENGTHS = {"inputs": 24, "targets": 8}
+CONFIG = network.TransformerConfig(
+    vocab_size=264,
+    emb_dim=32,
+    num_heads=2,
+    head_dim=16,
+    mlp_dim=64,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+)
+OPTIONS = ["yes", "no", "maybe"]
+QUESTIONS = [f"is {i} even?" for i in range(11)]
+
+
+def _rows(split, shuffle_files=False, seed=None, options=True):
+    cols = {
+        "inputs": QUESTIONS,
+        "targets": [OPTIONS[i % 3] for i in range(len(QUESTIONS))],
+        "_cluster": ["toy"] * len(QUESTIONS),
+    }
+    if options:
+        cols["options"] = [OPTIONS] * len(QUESTIONS)
+    return tf.data.Dataset.from_tensor_slices(cols)
+
+
+def _register(name, options):
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name,
+        source=seqio.FunctionDataSource(
+            lambda split, shuffle_files=False, seed=None: _rows(split, options=options),
+            splits=["validation"],
+        ),
+        output_features={k: seqio.Feature(VOCAB, add_eos=True) for k in ("inputs", "targets")},
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        metric_fns=[evaluate.metrics_lib.accuracy],
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    _register("eval_test_cls", options=True)
+    _register("eval_test_gen", options=False)
+    if "eval_test_mix" in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove("eval_test_mix")
+    seqio.MixtureRegistry.add("eval_test_mix", ["eval_test_cls", "eval_test_gen"], default_rate=1.0)
+    model = models.EncoderDecoderModel(CONFIG)
+    shapes = {"encoder_input_tokens": (1, 24), "decoder_input_tokens": (1, 8)}
+    params = nn.unbox(model.get_initial_variables(jax.random.key(3), shapes)["params"])
+    return model, params
+
+
+def _direct_score(model, params, inputs, target):
+    """Log-likelihood of `target` given `inputs`, one unpadded example, no feature converter."""
+    enc = np.array([VOCAB.encode(inputs) + [1]], np.int32)
+    tgt = np.array([VOCAB.encode(target) + [1]], np.int32)
+    dec_in = np.concatenate([np.zeros((1, 1), np.int32), tgt[:, :-1]], axis=1)
+    logits = model.module.apply({"params": params}, enc, dec_in, tgt, enable_dropout=False)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    return float(jnp.take_along_axis(logp, tgt[..., None], axis=-1).sum())
+
+
+def test_rank_classification_scores_every_option_like_a_direct_forward_pass(tiny):
+    model, params = tiny
+    cfg = evaluate.EvalConfig(batch_size=4)
+    result = evaluate.evaluate_task(
+        model, params, "eval_test_cls", split="validation", feature_lengths=LENGTHS, config=cfg
+    )
+    assert len(result.records) == 11
+    for q, record in zip(QUESTIONS, result.records):
+        want = [_direct_score(model, params, q, o) for o in OPTIONS]
+        np.testing.assert_allclose(record["option_scores"], want, atol=1e-4)
+        assert record["prediction"] == OPTIONS[int(np.argmax(want))]
+        assert record["input"] == q and record["score"] == max(record["option_scores"])
+    hits = sum(r["prediction"] == r["target"] for r in result.records)
+    assert result.metrics == {"accuracy": pytest.approx(100.0 * hits / 11)}
+    assert result.cluster == "toy"
+    normed = evaluate.EvalConfig(batch_size=4, length_normalize=True, max_examples=3)
+    norm = evaluate.evaluate_task(
+        model, params, "eval_test_cls", split="validation", feature_lengths=LENGTHS, config=normed
+    )
+    for raw, record in zip(result.records, norm.records):
+        lengths = [len(o) + 1 for o in OPTIONS]  # bytes + EOS
+        np.testing.assert_allclose(
+            record["option_scores"], np.divide(raw["option_scores"], lengths), rtol=1e-5
+        )
+
+
+def test_generation_decodes_greedily_and_scores_the_gold_target(tiny):
+    model, params = tiny
+    cfg = evaluate.EvalConfig(batch_size=4, max_examples=5, decode=DecodeConfig(max_decode_len=6))
+    result = evaluate.evaluate_task(
+        model, params, "eval_test_gen", split="validation", feature_lengths=LENGTHS, config=cfg
+    )
+    for q, record in zip(QUESTIONS, result.records):
+        enc = np.zeros((1, 24), np.int32)
+        ids = VOCAB.encode(q) + [1]
+        enc[0, : len(ids)] = ids
+        batch = {
+            "encoder_input_tokens": enc,
+            "decoder_input_tokens": np.zeros((1, 8), np.int32),
+            "decoder_target_tokens": np.zeros((1, 8), np.int32),
+        }
+        tokens = model.predict_batch(params, batch, None, decode=DecodeConfig(max_decode_len=6))
+        assert record["prediction"] == infer.decode_tokens(np.asarray(tokens[0]), VOCAB)
+        np.testing.assert_allclose(
+            record["score"], _direct_score(model, params, q, record["target"]), atol=1e-4
+        )
+    hits = sum(r["answer"] == r["target"] for r in result.records)
+    assert result.metrics["accuracy"] == pytest.approx(100.0 * hits / 5)
+
+
+def test_self_consistency_majority_votes_sampled_answers(tiny):
+    model, params = tiny
+    cfg = evaluate.EvalConfig(
+        batch_size=4, max_examples=4, num_samples=3, decode=DecodeConfig(max_decode_len=4)
+    )
+    result = evaluate.evaluate_task(
+        model, params, "eval_test_gen", split="validation", feature_lengths=LENGTHS, config=cfg
+    )
+    for record in result.records:
+        assert (
+            len(record["samples"]) == 3 and record["answers"] == record["samples"]
+        )  # no postprocessor
+        counts = {a: record["answers"].count(a) for a in record["answers"]}
+        assert counts[record["answer"]] == max(counts.values())
+    assert any(len(set(r["samples"])) > 1 for r in result.records)  # really sampled
+
+
+def test_mixture_on_8_devices_scores_like_1_device(tiny):
+    model, params = tiny
+    kwargs = dict(
+        split="validation",
+        feature_lengths=LENGTHS,
+        config=evaluate.EvalConfig(
+            batch_size=8, max_examples=9, decode=DecodeConfig(max_decode_len=4)
+        ),
+    )
+    one = evaluate.run_evaluation(model, params, ["eval_test_mix"], **kwargs)
+    mesh = make_mesh((4, 2, 1))
+    eight = evaluate.run_evaluation(model, params, ["eval_test_mix"], mesh=mesh, **kwargs)
+    assert list(one) == list(eight) == ["eval_test_cls", "eval_test_gen"]
+    for name in one:
+        for a, b in zip(one[name].records, eight[name].records):
+            assert a["prediction"] == b["prediction"]
+            np.testing.assert_allclose(
+                a.get("option_scores", a["score"]), b.get("option_scores", b["score"]), atol=1e-5
+            )
+    with pytest.raises(ValueError, match=r"batch_size \(6\) must be divisible by data\*fsdp \(8\)"):
+        evaluate.run_evaluation(
+            model,
+            params,
+            ["eval_test_cls"],
+            mesh=mesh,
+            split="validation",
+            feature_lengths=LENGTHS,
+            config=evaluate.EvalConfig(batch_size=6),
+        )
+
+
+def test_write_results_files_metrics_jsonl_and_tensorboard(tiny, tmp_path):
+    model, params = tiny
+    cfg = evaluate.EvalConfig(batch_size=4, max_examples=3, decode=DecodeConfig(max_decode_len=4))
+    results = evaluate.run_evaluation(
+        model, params, ["eval_test_mix"], split="validation", feature_lengths=LENGTHS, config=cfg
+    )
+    scalars = evaluate.write_results(str(tmp_path), 7, results)
+    rows = [json.loads(line) for line in open(tmp_path / "eval" / "7" / "eval_test_cls.jsonl")]
+    assert [r["input"] for r in rows] == QUESTIONS[:3] and {"target", "prediction", "score"} <= set(
+        rows[0]
+    )
+    line = json.loads(open(tmp_path / "metrics.jsonl").read())
+    acc = [results[n].metrics["accuracy"] for n in ("eval_test_cls", "eval_test_gen")]
+    assert line == {"step": 7, **scalars}
+    assert scalars["eval_cluster/toy/accuracy"] == pytest.approx(sum(acc) / 2)
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "eval"))
+
+
+def test_format_table_aligns_metrics():
+    table = evaluate.format_table(
+        {"nli": {"accuracy": 50.0}, "qa": {"accuracy": 7.125, "f1": 12.0}}, first_column="held out"
+    )
+    assert table == (
+        "held out  accuracy     f1\n"
+        "--------  --------  -----\n"
+        "nli          50.00      -\n"
+        "qa            7.12  12.00"
+    )

@@ -1,0 +1,225 @@
+"""The FLAN 2021 collection (tasks/flan2021): specs, template sets, mock-TFDS rendering, mixtures.
+
+TFDS data cannot be downloaded here: every task runs on `tfds.testing.mock_data`, whose random
+integers are first mapped into each dataset's real label domain (see `_sanitize`).
+"""
+
+from __future__ import annotations
+
+import collections
+import pathlib
+import random
+
+import pytest
+import seqio
+import tensorflow_datasets as tfds
+
+from flan_jax.data import collection, mixtures, sources, tasks
+from flan_jax.metrics import postprocessors, scores
+from flan_jax.specs import spec_dir
+
+TASK_DIR = spec_dir("tasks") / "flan2021"
+MIXTURE_DIR = spec_dir("mixtures")
+SPEC_FILES = sorted(TASK_DIR.glob("*.yaml"))
+NUM_MOCK = 10  # round-robin over 10 templates: every template renders at least once per format
+CLUSTERS = {
+    "nli", "reading_comprehension", "closed_book_qa", "commonsense", "sentiment", "paraphrase",
+    "coreference", "struct_to_text", "translation", "summarization",
+    "read_comp_with_commonsense", "misc",
+}  # fmt: skip
+# Label keys whose mock values must index a list of the example (plain int32 in TFDS).
+_INDEX_LISTS = {
+    "hellaswag": ("label", lambda ex: ex["endings"]),
+    "story_cloze": ("label", lambda ex: ex["endings"]),
+    "ai2_arc": ("answerKey", lambda ex: ex["choices"]["text"]),
+    "definite_pronoun_resolution": ("label", lambda ex: ex["candidates"]),
+    "wsc273": ("label", lambda ex: [0, 1]),
+}
+
+
+def _specs() -> list[tasks.TaskSpec]:
+    return [tasks.load_task_spec(p) for p in SPEC_FILES]
+
+
+def _sanitize(spec: tasks.TaskSpec, ex: dict) -> dict:
+    """Maps a random mock label into the dataset's label domain (mock ints are arbitrary)."""
+    base = spec.source.name.split("/")[0].split(":")[0]
+    if base in _INDEX_LISTS:
+        key, items = _INDEX_LISTS[base]
+        ex[key] = ex[key] % max(1, len(items(ex)))
+    answer_key = spec.fields.get("answer")
+    if spec.label_map and answer_key in ex and not spec.preprocessor:
+        keys = sorted(spec.label_map, key=int)
+        ex[answer_key] = int(keys[int(ex[answer_key]) % len(keys)])
+    return ex
+
+
+@pytest.fixture(scope="module")
+def mocked(request):
+    """Mock TFDS for the module, with labels mapped into range; registers every spec."""
+    by_source = {}
+    original = sources.iter_examples
+
+    def iter_examples(spec, split):
+        task_spec = by_source.get(id(spec))
+        for ex in original(spec, split):
+            yield _sanitize(task_spec, ex) if task_spec else ex
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sources, "iter_examples", iter_examples)
+    with tfds.testing.mock_data(num_examples=NUM_MOCK):
+        specs = {}
+        for spec in _specs():
+            tasks.unregister_task_spec(spec.name)
+            tasks.register_task_spec(spec)
+            registered = tasks.get_task_spec(spec.name)
+            by_source[id(registered.source)] = registered
+            specs[spec.name] = registered
+        yield specs
+    mp.undo()
+    for name in specs:
+        tasks.unregister_task_spec(name)
+
+
+# ------------------------------------------------------------------------------------ specs
+
+
+def test_collection_covers_flan2021_clusters_and_datasets():
+    specs = _specs()
+    assert len(specs) == 63
+    by_cluster = collections.Counter(s.cluster for s in specs)
+    assert set(by_cluster) == CLUSTERS
+    assert by_cluster["nli"] == 10  # ANLI r1-r3, RTE, CB, SNLI, MNLI m/mm, QNLI, WNLI
+    assert by_cluster["translation"] == 7
+    assert by_cluster["summarization"] == 8
+
+
+@pytest.mark.parametrize("path", SPEC_FILES, ids=lambda p: p.stem)
+def test_spec_is_complete_and_pinned(path: pathlib.Path):
+    spec = tasks.load_task_spec(path)
+    assert spec.name == path.stem
+    assert spec.source.type == "tfds"
+    name, _, version = spec.source.name.partition(":")
+    assert version.count(".") == 2, f"{path.name}: TFDS version not pinned in {spec.source.name!r}"
+    builder = tfds.builder(spec.source.name)  # the pinned version exists in this tfds
+    assert str(builder.version) == version
+    assert spec.vocabulary == "t5"
+    assert set(spec.num_examples) == set(spec.source.splits)
+    assert "train" in spec.num_examples and all(n > 0 for n in spec.num_examples.values())
+    assert spec.metrics and all(m in scores.METRICS for m in spec.metrics)
+    assert spec.postprocessor is None or spec.postprocessor in postprocessors.POSTPROCESSORS
+    assert len(spec.templates) >= 10
+    assert any(t.inverted for t in spec.templates.templates)
+    if spec.is_classification:
+        assert set(spec.formats) == {"zs_opt", "zs_noopt", "fs_opt", "fs_noopt"}
+        assert spec.options or spec.options_field
+        if spec.label_map:
+            assert set(spec.label_map.values()) == set(spec.options)
+    else:
+        assert set(spec.formats) == {"zs_noopt", "fs_noopt"}
+
+
+def test_template_sets_are_own_and_shared():
+    sets = collections.defaultdict(list)
+    for spec in _specs():
+        sets[spec.templates.name].append(spec.name)
+    assert sorted(sets["nli"]) == [
+        "anli_r1", "anli_r2", "anli_r3", "cb", "mnli_matched", "mnli_mismatched", "rte",
+        "snli", "wnli",
+    ]  # fmt: skip
+    # Never the files another engineer owns (GLUE TSV sets, tiny, CoT, GSM8K).
+    owned_elsewhere = {"rte", "sst2", "mrpc", "cola", "qnli"}
+    assert not set(sets) & owned_elsewhere
+    assert not [s for s in sets if s.startswith(("tiny_", "cot_", "gsm8k"))]
+
+
+# -------------------------------------------------------------------------- preprocessors
+
+
+def test_preprocessors_exact_outputs():
+    arc = collection.arc(
+        {"question": "Which gas do plants absorb?", "answerKey": 1,
+         "choices": {"text": ["oxygen", "carbon dioxide"], "label": [0, 1]}}
+    )  # fmt: skip
+    assert arc == {
+        "question": "Which gas do plants absorb?",
+        "options": ["oxygen", "carbon dioxide"],
+        "answer": "carbon dioxide",
+    }
+    v2 = collection.squad({"context": "c", "question": "q?", "answers": {"text": []}})
+    assert v2 == {"context": "c", "question": "q?", "answer": "unanswerable"}
+    coqa = collection.coqa(
+        {"story": "Ann ran.", "questions": ["Who ran?", "Did she?", "extra"],
+         "answers": {"input_text": ["Ann", "yes"]}}
+    )  # fmt: skip
+    assert coqa == {"story": "Ann ran.", "questions": "1. Who ran?\n2. Did she?", "answers": "1. Ann\n2. yes"}
+    assert collection.stsb({"sentence1": "a", "sentence2": "b", "label": 3.6})["answer"] == "4"
+    assert collection.fix_punct({"en": "Hello, World! It's me."}) == {
+        "text": "hello world its me",
+        "target": "Hello, World! It's me.",
+    }
+    assert collection.translate_de_en({"de": "Hallo", "en": "Hello"}) == {
+        "source_language": "German",
+        "target_language": "English",
+        "source": "Hallo",
+        "target": "Hello",
+    }
+    record = collection.record(
+        {"passage": "Obama spoke.\n@highlight\nObama", "query": "@placeholder said hi",
+         "entities": ["Obama", "Biden"], "answers": ["Obama"]}
+    )  # fmt: skip
+    assert record == {
+        "passage": "Obama spoke.",
+        "query": "___ said hi",
+        "options": ["Obama", "Biden"],
+        "answer": "Obama",
+    }
+
+
+def test_preprocessor_rejects_out_of_range_label():
+    with pytest.raises(ValueError, match=r"label 2 is out of range for 2 options"):
+        collection.piqa({"goal": "g", "sol1": "a", "sol2": "b", "label": 2})
+
+
+# ------------------------------------------------------------------- mock-data rendering
+
+
+def _rendered(spec: tasks.TaskSpec, fmt: str, split: str) -> list[dict]:
+    ds = tasks._rendered_dataset(split, spec=spec, fmt=fmt)
+    return list(ds.as_numpy_iterator())
+
+
+@pytest.mark.parametrize("path", SPEC_FILES, ids=lambda p: p.stem)
+def test_every_format_and_template_renders_on_mock_data(mocked, path: pathlib.Path):
+    spec = mocked[path.stem]
+    for fmt in spec.formats:
+        rows = _rendered(spec, fmt, "train")
+        assert len(rows) == NUM_MOCK, (spec.name, fmt)
+        assert sorted(r["_template_idx"] for r in rows) == list(range(NUM_MOCK)), (spec.name, fmt)
+        for row in rows:
+            assert row["_task_name"].decode() == f"{spec.name}_{fmt}"
+            assert row["_cluster"].decode() == spec.cluster
+            inputs, targets = row["inputs"].decode(), row["targets"].decode()
+            assert inputs and targets and "{" not in inputs
+            template = spec.templates.templates[row["_template_idx"]]
+            if fmt.endswith("_opt") and spec.is_classification and not template.inverted:
+                assert "OPTIONS:" in inputs
+                assert targets in [o.decode() for o in row["options"]]
+            if fmt.endswith("_noopt"):
+                assert "OPTIONS:" not in inputs
+    for split in spec.source.splits:
+        if split != "train":
+            assert len(_rendered(spec, spec.formats[0], split)) == NUM_MOCK
+
+
+@pytest.mark.parametrize("name", ["anli_r1", "squad_v1", "wmt16_translate_de_en", "record"])
+def test_seqio_tokenized_dataset(mocked, name):
+    """One task per shape through seqio itself: tokenized with the T5 vocabulary, EOS added."""
+    spec = mocked[name]
+    variant = f"{name}_{spec.formats[0]}"
+    ds = seqio.get_mixture_or_task(variant).get_dataset(
+        {"inputs": 256, "targets": 64}, split="train", shuffle=False, use_cached=False
+    )
+    ex = next(ds.as_numpy_iterator())
+    assert ex["inputs"][-1] == 1 and ex["targets"][-1] == 1  # EOS
+    assert len(ex["inputs"]) <= 256
