@@ -306,7 +306,7 @@ def write_results(model_dir: str, step: int, results: dict[str, TaskResult]) -> 
     tf.io.gfile.makedirs(out_dir)
     for name, result in results.items():
         with tf.io.gfile.GFile(os.path.join(out_dir, f"{name}.jsonl"), "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in result.records)
+            f.write("".join(json.dumps(r) + "\n" for r in result.records))
     scalars = {f"eval/{n}/{m}": v for n, r in results.items() for m, v in r.metrics.items()}
     scalars |= {
         f"eval_cluster/{c}/{m}": v

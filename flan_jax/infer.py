@@ -5,6 +5,7 @@ Shared by evaluation; `main` is `flan-jax infer` (predictions or scores, JSONL o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -118,6 +119,18 @@ def place_params(params: Any, mesh: Mesh | None) -> Any:
 # ----------------------------------------------------------------------------- modes
 
 
+@functools.lru_cache(maxsize=32)
+def jitted_score(model: Model):
+    """`jax.jit(model.score_batch)`, compiled once per model (a bound method is new each time)."""
+    return jax.jit(model.score_batch)
+
+
+@functools.lru_cache(maxsize=32)
+def jitted_predict(model: Model, decode: DecodeConfig):
+    """`predict(params, batch, rng)` jitted once per (model, decode config)."""
+    return jax.jit(lambda p, b, r: model.predict_batch(p, b, r, decode=decode))
+
+
 def score_rows(
     model: Model,
     params: Any,
@@ -135,7 +148,7 @@ def score_rows(
       [len(rows)] float32 scores, one forward pass per batch of `batch_size` rows.
     """
     _check_batch_size(batch_size, mesh)
-    score_fn = score_fn or jax.jit(model.score_batch)
+    score_fn = score_fn or jitted_score(model)
     out = []
     for batch, n in model_batches(model, rows, feature_lengths, batch_size):
         scores = np.asarray(jax.device_get(score_fn(params, _place(batch, mesh))), np.float32)
@@ -209,7 +222,7 @@ def generate(
 ) -> list[str]:
     """Decoded text per example (`decode.num_samples` must be 1; sample k times for more)."""
     _check_batch_size(batch_size, mesh)
-    predict = jax.jit(lambda p, b, r: model.predict_batch(p, b, r, decode=decode))
+    predict = jitted_predict(model, decode)
     rng = jax.random.key(0) if rng is None else rng
     rows = [{"inputs": ex["inputs"], "targets": ex["targets"]} for ex in examples]
     texts = []

@@ -1,13 +1,34 @@
 """`import flan_jax.registry` registers every shipped task and mixture with seqio.
 
 The one module that does work on import (T5X: `--gin.MIXTURE_OR_TASK_MODULE="'flan_jax.registry'"`).
+Folders listed in $FLAN_JAX_SPECS (os.pathsep-separated) are registered too.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 
+import yaml
+
 from flan_jax.data import mixtures, tasks
+
+SPECS_ENV = "FLAN_JAX_SPECS"
+
+
+def classify_spec_files(root: str | pathlib.Path) -> tuple[list[pathlib.Path], list[pathlib.Path]]:
+    """Splits the YAML files under a user folder into (task specs, mixture specs) by content:
+    a `source:` key makes a task, `members:` a mixture; anything else (template sets) is skipped.
+    """
+    task_files, mixture_files = [], []
+    for path in sorted(pathlib.Path(root).rglob("*.yaml")):
+        with open(path) as f:
+            data = yaml.safe_load(f)
+        if isinstance(data, dict) and "source" in data:
+            task_files.append(path)
+        elif isinstance(data, dict) and "members" in data:
+            mixture_files.append(path)
+    return task_files, mixture_files
 
 
 def register_specs(
@@ -26,23 +47,33 @@ def register_specs(
         raise ValueError(f"spec name {duplicates[0]!r} is defined by more than one YAML file")
     task_names = [n for spec in task_specs for n in tasks.register_task_spec(spec)]
     pending, mixture_names = list(mixture_specs), []
+    defined = {m.name for m in mixture_specs}
     while pending:
-        mixture_known = {m.name for m in mixture_specs}
-        ready = [
-            s
-            for s in pending
-            if all(m.name not in mixture_known or m.name in mixtures.registered_mixtures()
-                   for m in s.members)
-        ]
+        done = set(mixtures.registered_mixtures())
+        ready = [s for s in pending if all(m.name not in defined - done for m in s.members)]
         for spec in ready or pending[:1]:  # no progress: register one to surface its error
             mixture_names += mixtures.register_mixture_spec(spec)
             pending.remove(spec)
     return task_names, mixture_names
 
 
+def register_dir(root: str | pathlib.Path) -> tuple[list[str], list[str]]:
+    """Registers the task and mixture YAMLs of a user folder (see docs/adding_a_task.md)."""
+    if not pathlib.Path(root).is_dir():
+        raise FileNotFoundError(f"spec folder {str(root)!r} does not exist (from ${SPECS_ENV}?)")
+    return register_specs(*classify_spec_files(root))
+
+
 def register_all() -> tuple[list[str], list[str]]:
-    """Registers every shipped task and mixture (idempotent)."""
-    return register_specs(tasks.task_spec_files(), mixtures.mixture_spec_files())
+    """Registers every shipped task and mixture, then $FLAN_JAX_SPECS folders (idempotent)."""
+    task_names, mixture_names = register_specs(
+        tasks.task_spec_files(), mixtures.mixture_spec_files()
+    )
+    for root in filter(None, os.environ.get(SPECS_ENV, "").split(os.pathsep)):
+        more_tasks, more_mixtures = register_dir(root)
+        task_names += more_tasks
+        mixture_names += more_mixtures
+    return task_names, mixture_names
 
 
 register_all()

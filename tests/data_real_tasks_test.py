@@ -94,8 +94,10 @@ def test_cot_counts_and_unescaped_newlines(name):
     for ex in examples:
         assert all(ex[k] and "\\n" not in ex[k] for k in ("question", "rationale", "answer"))
         assert not ex["question"].endswith("\n")
-    if name in ("aqua", "qasc", "ecqa", "creak", "sensemaking"):
+    if name in ("aqua", "qasc", "ecqa", "sensemaking"):  # options are inside the question
         assert all("\nOptions:\n" in ex["question"] for ex in examples)
+    if name in ("creak", "strategyqa"):
+        assert {ex["answer"] for ex in examples} == {"yes", "no"}
 
 
 @needs_data

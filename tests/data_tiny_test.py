@@ -131,20 +131,26 @@ def test_reading_comp_answers_come_from_the_paragraph():
         assert ex["answer"] == (owner if ex["question"].startswith("Who") else name)
     for ex in _examples("town_stories", "train"):
         person = re.search(r"(?:does |is )(\w+?)(?:'s| live)", ex["question"]).group(1)
-        town, job = re.search(rf"{person} lives in (\w+) and works as a (\w+)", ex["paragraph"]).groups()
+        town, job = re.search(
+            rf"{person} lives in (\w+) and works as a (\w+)", ex["paragraph"]
+        ).groups()
         assert ex["answer"] == (town if ex["question"].startswith("Where") else job)
 
 
 def test_paraphrase_and_topic_labels_follow_the_text():
     for ex in _examples("paraphrase", "train"):
-        giver, n, thing, taker = re.fullmatch(r"(\w+) gave (\d+) (\w+) to (\w+)\.", ex["sentence1"]).groups()
+        giver, n, thing, taker = re.fullmatch(
+            r"(\w+) gave (\d+) (\w+) to (\w+)\.", ex["sentence1"]
+        ).groups()
         same = ex["sentence2"] in (
             f"{taker} got {n} {thing} from {giver}.",
             f"{taker} was given {n} {thing} by {giver}.",
         )
         assert ex["answer"] == ("yes" if same else "no")
     for ex in _examples("topic", "train"):
-        subject = next(s for s in tiny.TOPICS[ex["answer"]][0].split("|") if ex["text"].startswith(s))
+        subject = next(
+            s for s in tiny.TOPICS[ex["answer"]][0].split("|") if ex["text"].startswith(s)
+        )
         assert subject
 
 
@@ -175,7 +181,9 @@ def test_spec_matches_generator(task):
 
 @pytest.mark.parametrize("task", sorted(tiny.TASKS))
 def test_every_template_renders_every_example(task):
-    sets = [_template_set(task, key) for key in ("templates", "cot_templates") if key in _spec(task)]
+    sets = [
+        _template_set(task, key) for key in ("templates", "cot_templates") if key in _spec(task)
+    ]
     templates.check_task_templates(task, _spec(task)["fields"], sets)
     assert all(len(s) >= 10 and any(t.inverted for t in s.templates) for s in sets)
     has_options = "options" in _spec(task)
@@ -187,7 +195,10 @@ def test_every_template_renders_every_example(task):
     for ex in _examples(task, "validation"):
         values = {**ex, templates.OPTIONS_FIELD: options if has_options else ""}
         for t in (t for s in sets for t in s.templates):
-            inputs, targets = templates.render(t.inputs, values), templates.render(t.targets, values)
+            inputs, targets = (
+                templates.render(t.inputs, values),
+                templates.render(t.targets, values),
+            )
             assert "{" not in inputs + targets and inputs and targets
             if not t.inverted and "rationale" not in t.fields:
                 lengths["inputs"].append(len(inputs.encode()))

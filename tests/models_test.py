@@ -116,8 +116,10 @@ def _init(model, shapes, seed=0):
     return nn.unbox(model.get_initial_variables(jax.random.key(seed), shapes)["params"])
 
 
-def _full_logits(model, params, tokens, causal=None):
-    return model.module.apply({"params": params}, tokens, None, None, None, causal)
+@jax.jit
+def _llama_logits(params, tokens, causal=None):
+    """Full forward pass of LLAMA (every position real)."""
+    return network.DecoderOnly(LLAMA).apply({"params": params}, tokens, None, None, None, causal)
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -128,19 +130,18 @@ def test_decoder_only_prefill_and_cached_steps_equal_full_forward(bidirectional)
     lengths, steps, width = np.array([3, 5]), 4, 6
     seqs = rng.integers(2, 64, size=(2, 10)).astype(np.int32)
     seqs[:, 0] = 0  # BOS
-    prompt = np.where(np.arange(width) < lengths[:, None], seqs[:, :width], 0)
-    causal = (np.arange(width) < lengths[:, None]).astype(np.int32)
+    prompt_mask = (np.arange(width) < lengths[:, None]).astype(np.int32)
+    prompt = np.where(prompt_mask, seqs[:, :width], 0)
     step_fn, cache, first = model._decoding_setup(
-        params, {"decoder_input_tokens": jnp.asarray(prompt), "decoder_causal_attention": jnp.asarray(causal)}, steps
+        params, {"decoder_input_tokens": jnp.asarray(prompt), "decoder_causal_attention": jnp.asarray(prompt_mask)}, steps
     )
-    token = first
+    # Causal (after the prefix): position k of the full pass only sees tokens <= k.
+    causal = (np.arange(10) < lengths[:, None]).astype(np.int32) if bidirectional else None
+    full = _llama_logits(params, jnp.asarray(seqs), causal)
+    step_fn, token = jax.jit(step_fn), first
     for t in range(steps):
         logits, cache = step_fn(token, cache)
-        for b in range(2):
-            n = lengths[b]
-            full_causal = (np.arange(n + t) < n)[None].astype(np.int32) if bidirectional else None
-            full = _full_logits(model, params, jnp.asarray(seqs[b : b + 1, : n + t]), full_causal)
-            np.testing.assert_allclose(logits[b], full[0, -1], atol=1e-5, rtol=0)
+        np.testing.assert_allclose(logits, full[np.arange(2), lengths - 1 + t], atol=1e-5, rtol=0)
         token = jnp.asarray(seqs[np.arange(2), lengths + t])
 
 
@@ -154,11 +155,11 @@ def test_decoder_only_predict_greedy_matches_argmax_rollout():
         params, {"decoder_input_tokens": prompt, "decoder_causal_attention": causal}
     )
     for b, n in enumerate([3, 2]):
-        seq = list(np.asarray(prompt[b, :n]))
-        for _ in range(5):
-            logits = _full_logits(model, params, jnp.asarray([seq], jnp.int32))
-            seq.append(int(jnp.argmax(logits[0, -1])))
-        np.testing.assert_array_equal(out[b], seq[n:])
+        seq = np.zeros((1, 8), np.int32)
+        seq[0, :n] = prompt[b, :n]
+        for k in range(n, n + 5):  # causal: trailing zeros do not change position k - 1
+            seq[0, k] = int(jnp.argmax(_llama_logits(params, jnp.asarray(seq))[0, k - 1]))
+        np.testing.assert_array_equal(out[b], seq[0, n : n + 5])
 
 
 def test_encoder_decoder_cached_steps_equal_full_forward():
@@ -171,6 +172,7 @@ def test_encoder_decoder_cached_steps_equal_full_forward():
     dec = jnp.array([[0, 3, 4, 5, 6], [0, 7, 8, 9, 10]], jnp.int32)
     full = model.module.apply({"params": params}, enc, dec, jnp.ones_like(dec))
     step_fn, cache, token = model._decoding_setup(params, {"encoder_input_tokens": enc}, 5)
+    step_fn = jax.jit(step_fn)
     for t in range(5):
         logits, cache = step_fn(dec[:, t] if t else token, cache)
         np.testing.assert_allclose(logits, full[:, t], atol=1e-5, rtol=0)
@@ -189,7 +191,7 @@ def test_decoder_only_packed_row_equals_examples_alone():
     }
     logits = model._logits(params, packed, None)
     for seq, causal, sl in ((a, [1, 1, 1, 0, 0], slice(0, 5)), (b, [1, 1, 0], slice(5, 8))):
-        alone = _full_logits(model, params, jnp.array([seq]), jnp.array([causal]))
+        alone = _llama_logits(params, jnp.array([seq]), jnp.array([causal]))
         np.testing.assert_allclose(logits[0, sl], alone[0], atol=1e-5, rtol=0)
 
 

@@ -152,7 +152,9 @@ def task_rate(task_name: str, cap: int, temperature: float = 1.0) -> float:
     except ValueError:
         n = seqio.get_mixture_or_task(task_name).num_input_examples("train")
         if n is None:
-            raise ValueError(f"task {task_name!r} does not know its train size; weight it") from None
+            raise ValueError(
+                f"task {task_name!r} does not know its train size; weight it"
+            ) from None
     return float(min(n, cap)) ** (1.0 / temperature)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import json
 import pathlib
 import threading
 from collections.abc import Mapping, Sequence
@@ -71,7 +70,9 @@ class TaskSpec:
             raise ValueError(f"{where}: name must be an identifier ([A-Za-z0-9_])")
         bad = [f for f in self.formats if f not in formats_lib.FORMATS]
         if bad or not self.formats:
-            raise ValueError(f"{where}: formats {list(self.formats)} must be in {formats_lib.FORMATS}")
+            raise ValueError(
+                f"{where}: formats {list(self.formats)} must be in {formats_lib.FORMATS}"
+            )
         if self.options and self.options_field:
             raise ValueError(f"{where}: give `options` or `options_field`, not both")
         if self.options_field and self.options_field not in self.fields:
@@ -148,9 +149,7 @@ def _resolve_templates(value: Any, spec: TaskSpec, key: str) -> templates_lib.Te
             dirs = [pathlib.Path(spec.base_dir)] if spec.base_dir else []
             dirs += [d / TEMPLATE_DIR for d in dirs] + [spec_dir("tasks") / TEMPLATE_DIR]
             return templates_lib.load_template_set(templates_lib.find_template_file(value, dirs))
-        return templates_lib.template_set_from_dict(
-            {"templates": value}, name=f"{spec.name}.{key}"
-        )
+        return templates_lib.template_set_from_dict({"templates": value}, name=f"{spec.name}.{key}")
     except (ValueError, FileNotFoundError) as e:
         raise type(e)(f"task {spec.name!r}, {key}: {e}") from None
 

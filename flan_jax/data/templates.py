@@ -80,14 +80,17 @@ def placeholders(text: str) -> frozenset[str]:
     try:
         parsed = list(_FORMATTER.parse(text))
     except ValueError as e:
-        raise ValueError(f"malformed template {text!r}: {e}; write a literal brace as {{{{ or }}}}")
+        raise ValueError(
+            f"malformed template {text!r}: {e}; write a literal brace as {{{{ or }}}}"
+        ) from None
     for _, name, spec, conversion in parsed:
         if name is None:
             continue
         if not name.isidentifier() or spec or conversion:
+            suffix = ("!" + conversion if conversion else "") + (":" + spec if spec else "")
             raise ValueError(
-                f"template {text!r} has placeholder {{{name}{'!' + conversion if conversion else ''}"
-                f"{':' + spec if spec else ''}}}; only plain {{field}} names are allowed"
+                f"template {text!r} has placeholder {{{name}{suffix}}}; only plain {{field}} "
+                "names are allowed"
             )
         names.add(name)
     return frozenset(names)
@@ -100,14 +103,18 @@ def render(text: str, values: Mapping[str, str]) -> str:
     """
     missing = sorted(placeholders(text) - set(values))
     if missing:
-        raise KeyError(f"template {text!r} needs field {missing[0]!r}; example has {sorted(values)}")
+        raise KeyError(
+            f"template {text!r} needs field {missing[0]!r}; example has {sorted(values)}"
+        )
     return text.format_map(values)
 
 
 def template_set_from_dict(data: Mapping[str, Any], *, name: str) -> TemplateSet:
     """Builds a TemplateSet from `{fields: [...], templates: [{inputs, targets, inverted?}]}`."""
     if not isinstance(data, Mapping) or "templates" not in data:
-        raise ValueError(f"template set {name!r} must be a mapping with `templates:` (and `fields:`)")
+        raise ValueError(
+            f"template set {name!r} must be a mapping with `templates:` (and `fields:`)"
+        )
     unknown = sorted(set(data) - {"name", "fields", "templates"})
     if unknown:
         raise ValueError(f"template set {name!r}: unknown key {unknown[0]!r}")

@@ -212,7 +212,11 @@ def _town_stories(rng: random.Random) -> Example:
     )
     i = rng.randrange(2)
     if rng.random() < 0.5:
-        return {"paragraph": paragraph, "question": f"Where does {people[i]} live?", "answer": towns[i]}
+        return {
+            "paragraph": paragraph,
+            "question": f"Where does {people[i]} live?",
+            "answer": towns[i],
+        }
     return {"paragraph": paragraph, "question": f"What is {people[i]}'s job?", "answer": jobs[i]}
 
 

@@ -24,7 +24,7 @@ class LazySentencePieceVocabulary(seqio.SentencePieceVocabulary):
             raise FileNotFoundError(
                 f"SentencePiece model {path!r} does not exist; set ${VOCAB_ENV} to a .model "
                 "file, or $FLAN_JAX_DATA_DIR to a folder holding tokenizer/t5_spiece.model, "
-                'or use `vocabulary: byte`'
+                "or use `vocabulary: byte`"
             )
         return super()._model_context
 
@@ -42,7 +42,8 @@ def get_vocabulary(name: str = "t5") -> seqio.Vocabulary:
 
     Args:
         name: "byte" -> seqio.ByteVocabulary(); "t5" -> SentencePiece at `t5_vocab_path()` with
-            100 extra ids (32,100 ids); anything else is a SentencePiece .model path (also 100 extra ids).
+            100 extra ids (32,100 ids); anything else is a SentencePiece .model path (also
+            100 extra ids).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"vocabulary must be 'byte', 't5' or a .model path, got {name!r}")
@@ -50,7 +51,7 @@ def get_vocabulary(name: str = "t5") -> seqio.Vocabulary:
     return _cached_vocabulary("byte" if name == "byte" else path)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_vocabulary(key: str) -> seqio.Vocabulary:
     if key == "byte":
         return seqio.ByteVocabulary()

@@ -1,0 +1,202 @@
+"""Multi-host training on one machine: two JAX processes x 2 fake CPU devices (gloo).
+
+Each process runs tests/multihost_worker.py, which joins the job with
+`jax.distributed.initialize` and runs `flan_jax.train.train` on a global (1, 2, 2) mesh,
+exactly as the hosts of a TPU slice do. Checked against a single process with the same
+4-device mesh and global batch: losses, final parameters, and which examples each process
+read; then a lost process fails the job within a timeout, the restart resumes from the
+last checkpoint bit for bit; and a checkpoint written on a (2, 4) mesh restores onto
+(4, 2) and (1, 8).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import multihost_worker as worker
+from flan_jax import checkpoints, input_pipeline, optimizer, partitioning, train_state
+
+WORKER = Path(__file__).with_name("multihost_worker.py")
+STEPS = 8
+CRASH_AT = 6  # process 1 dies fetching step 6's batch; checkpoints every 2 steps
+TIMEOUT_S = 240
+
+
+@dataclasses.dataclass
+class Job:
+    """A launched run: its processes, their log files and its MODEL_DIR."""
+
+    model_dir: Path
+    procs: list[subprocess.Popen]
+    logs: list[Path]
+
+    def wait(self, timeout: float = TIMEOUT_S) -> list[int]:
+        deadline = time.monotonic() + timeout
+        codes = []
+        for p in self.procs:
+            try:
+                codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                for q in self.procs:
+                    q.kill()
+                raise AssertionError(f"job in {self.model_dir} still running after {timeout}s:\n{self.output()}")
+        return codes
+
+    def output(self, i: int | None = None) -> str:
+        paths = self.logs if i is None else [self.logs[i]]
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in paths)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(model_dir: Path, num_processes: int, crash_process: int | None = None) -> Job:
+    """Starts the run's processes (2 devices each; a single process gets all 4)."""
+    port = _free_port()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    procs, logs = [], []
+    for i in range(num_processes):
+        cmd = [
+            sys.executable, str(WORKER), f"--model_dir={model_dir}", f"--steps={STEPS}",
+            f"--local_devices={4 // num_processes}", f"--num_processes={num_processes}",
+            f"--process_id={i}", f"--port={port}",
+        ]  # fmt: skip
+        if i == crash_process:
+            cmd.append(f"--crash_at_step={CRASH_AT}")
+        log = model_dir.parent / f"{model_dir.name}.process_{i}.{len(list(model_dir.parent.glob(f'{model_dir.name}.process_{i}.*')))}.log"
+        logs.append(log)
+        with open(log, "w") as f:
+            procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env))
+    return Job(model_dir, procs, logs)
+
+
+def losses(model_dir: Path) -> dict[int, float]:
+    """{step: loss} from process 0's metrics.jsonl (later records win: a resumed run's)."""
+    out = {}
+    for line in (model_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == "train":
+            out[record["step"]] = record["loss"]
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def abstract_state(mesh):
+    """The tiny model's abstract train state (shapes + shardings) on `mesh`."""
+    model = worker.tiny_model()
+    data = dataclasses.replace(worker.data_config(8))
+    shapes = input_pipeline.model_input_shapes(data, model.feature_converter_cls(pack=False))
+    tx = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-2))
+    abstract, _ = train_state.state_shardings(model, tx, shapes, mesh)
+    return abstract
+
+
+def restore(model_dir: Path, mesh, step: int | None = None):
+    ckpt = checkpoints.Checkpointer(str(model_dir), checkpoints.CheckpointConfig(period=1, keep=None))
+    try:
+        return ckpt.restore(step or ckpt.latest_step(), abstract_state(mesh))
+    finally:
+        ckpt.close()
+
+
+def assert_trees(a, b, **tol) -> None:
+    check = np.testing.assert_allclose if tol else np.testing.assert_array_equal
+    jax.tree.map(lambda x, y: check(np.asarray(x), np.asarray(y), **tol), a, b)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The single-process reference and the uninterrupted two-process run (concurrently)."""
+    root = tmp_path_factory.mktemp("multihost")
+    single = launch(root / "single", 1)
+    multi = launch(root / "multi", 2)
+    assert single.wait() == [0], single.output()
+    assert multi.wait() == [0, 0], multi.output()
+    return root
+
+
+def test_two_processes_train_like_one(runs: Path) -> None:
+    single, multi = runs / "single", runs / "multi"
+    ref = losses(single)
+    assert sorted(ref) == list(range(1, STEPS + 1))
+    assert ref[STEPS] < ref[1]  # it trains
+    np.testing.assert_allclose([losses(multi)[s] for s in ref], list(ref.values()), rtol=1e-5)
+    mesh = partitioning.make_mesh((1, 8, 1))
+    assert_trees(restore(multi, mesh)["params"], restore(single, mesh)["params"], rtol=1e-5, atol=1e-6)
+    assert restore(multi, mesh)["step"] == STEPS
+
+
+def test_each_process_reads_its_own_share(runs: Path) -> None:
+    single = read_jsonl(runs / "single" / "data" / "process_0.jsonl")
+    per_process = [read_jsonl(runs / "multi" / "data" / f"process_{i}.jsonl") for i in (0, 1)]
+    for step in range(STEPS):
+        ids0, ids1 = per_process[0][step]["ids"], per_process[1][step]["ids"]
+        assert len(ids0) == len(ids1) == 4
+        assert not set(ids0) & set(ids1)
+        assert sorted(ids0 + ids1) == sorted(single[step]["ids"]) == list(range(8 * step, 8 * step + 8))
+    # ...and those are the batches the trainer trained on (its own per-process record).
+    for i in (0, 1):
+        trained = read_jsonl(runs / "multi" / "batches" / f"process_{i}.jsonl")
+        assert [r["hash"] for r in trained] == [r["hash"] for r in per_process[i]]
+
+
+def test_lost_process_fails_the_job_and_restart_resumes(runs: Path) -> None:
+    model_dir = runs / "crash"
+    job = launch(model_dir, 2, crash_process=1)
+    start = time.monotonic()
+    codes = job.wait(timeout=120)
+    assert codes[1] == -9, job.output(1)  # SIGKILLed itself: a lost host
+    assert codes[0] != 0, job.output(0)
+    assert "another task died" in job.logs[0].read_text(), job.output(0)
+    assert time.monotonic() - start < 120
+    last = checkpoints.Checkpointer(str(model_dir), checkpoints.CheckpointConfig(period=1)).latest_step()
+    assert last is not None and last < CRASH_AT
+
+    restarted = launch(model_dir, 2)
+    assert restarted.wait() == [0, 0], restarted.output()
+    assert "restoring checkpoint step" in restarted.logs[0].read_text()
+    # Identical to the uninterrupted run: every loss after the restart, the final state,
+    # and the batches of the resumed steps (no example skipped or repeated).
+    uninterrupted = losses(runs / "multi")
+    assert {s: losses(model_dir)[s] for s in range(last + 1, STEPS + 1)} == {
+        s: uninterrupted[s] for s in range(last + 1, STEPS + 1)
+    }
+    mesh = partitioning.make_mesh((1, 8, 1))
+    assert_trees(restore(model_dir, mesh), restore(runs / "multi", mesh))
+    for i in (0, 1):
+        resumed = read_jsonl(model_dir / "batches" / f"process_{i}.jsonl")
+        expected = read_jsonl(runs / "multi" / "batches" / f"process_{i}.jsonl")
+        assert resumed[-(STEPS - last) :] == expected[last:]
+
+
+@pytest.mark.parametrize("target", [(4, 2, 1), (1, 8, 1), (1, 2, 4)])
+def test_checkpoint_from_2x4_mesh_restores_onto_other_meshes(runs: Path, tmp_path: Path, target) -> None:
+    source_mesh = partitioning.make_mesh((2, 4, 1))
+    state = restore(runs / "single", source_mesh)
+    ckpt = checkpoints.Checkpointer(str(tmp_path), checkpoints.CheckpointConfig(period=1, keep=None))
+    ckpt.save(STEPS, state)
+    ckpt.close()
+    restored = restore(tmp_path, partitioning.make_mesh(target))
+    assert_trees(restored, state)
+    kernel = restored["params"]["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
+    assert dict(kernel.sharding.mesh.shape) == dict(zip(partitioning.MESH_AXES, target))
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "model")
