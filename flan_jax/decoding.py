@@ -288,8 +288,9 @@ def beam_search(
 ) -> tuple[jax.Array, jax.Array]:
     """T5X beam search with the ((5 + len) / 6) ** alpha length penalty.
 
-    Stops early once no live beam can beat the worst finished one. A row where no beam
-    finished returns its live beams and their raw log-probabilities (as T5X does).
+    Stops early once no live beam can beat the worst finished one. As in T5X, a row where no
+    beam finished returns its live beams with raw log-probabilities, and a row with fewer
+    than num_beams finished keeps empty slots (all-0 tokens, score NEG_INF) last.
 
     Args:
       tokens_to_logits: step function, tokens [batch * beams] + cache -> logits.

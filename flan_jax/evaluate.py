@@ -1,6 +1,7 @@
 """Evaluation: rank classification and generation over seqio tasks, per-task and per-cluster.
 
-`evaluate_tasks` is the library entry; `main` is `flan-jax eval` (gin lives in evaluate_cli).
+`evaluate_tasks` / `run_evaluation` are the library entries; `write_results` writes
+MODEL_DIR/eval/<step>/<task>.jsonl, metrics.jsonl and TensorBoard scalars.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 from jax.sharding import Mesh
+from tensorflow.core.framework import summary_pb2
 
 from flan_jax import metrics as metrics_lib
 from flan_jax.decoding import DecodeConfig
@@ -28,8 +30,6 @@ from flan_jax.infer import (
     rank_classify,
     score_rows,
 )
-
-Batch = dict[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -296,6 +296,18 @@ def format_table(rows: dict[str, dict[str, float]], *, first_column: str = "task
     return "\n".join(lines)
 
 
+def write_scalars(logdir: str, scalars: dict[str, float], step: int) -> None:
+    """TensorBoard scalars via `tf.summary.write` (works without the tensorboard package)."""
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+    )
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
+        for key, value in scalars.items():
+            tf.summary.write(key, tf.constant(value, tf.float32), step=step, metadata=metadata)
+    writer.close()
+
+
 def write_results(model_dir: str, step: int, results: dict[str, TaskResult]) -> dict[str, float]:
     """Writes eval/<step>/<task>.jsonl inferences, a metrics.jsonl line and TensorBoard scalars.
 
@@ -315,9 +327,5 @@ def write_results(model_dir: str, step: int, results: dict[str, TaskResult]) -> 
     }
     with tf.io.gfile.GFile(os.path.join(model_dir, "metrics.jsonl"), "a") as f:
         f.write(json.dumps({"step": step, **scalars}) + "\n")
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
-    with writer.as_default():
-        for key, value in scalars.items():
-            tf.summary.scalar(key, value, step=step)
-    writer.close()
+    write_scalars(os.path.join(model_dir, "eval"), scalars, step)
     return scalars

@@ -1,6 +1,6 @@
 """Inference: batched scoring and decoding of token rows (rank classification, generation).
 
-Shared by evaluation; `main` is `flan-jax infer` (predictions or scores, JSONL out).
+The batching layer under flan_jax.evaluate (and the future `flan-jax infer` entry point).
 """
 
 from __future__ import annotations

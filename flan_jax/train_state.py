@@ -50,7 +50,13 @@ def state_shardings(model, tx, input_shapes, mesh: Mesh, rng=None) -> tuple[PyTr
     rng = jax.random.PRNGKey(0) if rng is None else rng
     boxed = jax.eval_shape(lambda r: model.get_initial_variables(r, input_shapes), rng)["params"]
     param_sh = partitioning.params_shardings(boxed, mesh)
-    params_shape = nn.unbox(boxed)
+    # [multihost fix, issue 7] unbox without a sharding constraint: under jax.set_mesh (as in
+    # train.train) nn.unbox constrains the abstract leaves eagerly and raises TypeError.
+    params_shape = jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
+        boxed,
+        is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata),
+    )
     opt_shape = jax.eval_shape(tx.init, params_shape)
     opt_sh = partitioning.opt_state_shardings(opt_shape, params_shape, param_sh, mesh)
     shardings = {"step": partitioning.replicated(mesh), "params": param_sh, "opt_state": opt_sh}

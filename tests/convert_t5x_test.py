@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import FIXTURES_DIR, needs_fixtures
 
-from flan_jax import models
-from flan_jax.convert import t5x
+from flan_jax import convert, models
+from flan_jax.convert import cli, t5x
 from flan_jax.decoding import DecodeConfig
 
 TINY = os.path.join(FIXTURES_DIR, "t5x_tiny")
@@ -71,7 +71,7 @@ def test_config_inferred_from_shapes_matches_config_json(model):
 
 
 def test_model_params_match_checkpoint_tree(model, params):
-    shapes = model.param_shapes({"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)})
+    shapes = convert.expected_param_shapes("encoder_decoder", model.config)
     assert jax.tree.structure(shapes) == jax.tree.structure(params)
     for s, p in zip(jax.tree.leaves(shapes), jax.tree.leaves(params)):
         assert s.shape == p.shape
@@ -110,3 +110,19 @@ def test_beam_1_decodes_and_scores_equal_t5x(model, params, fixture):
     np.testing.assert_array_equal(tokens[:, 0], fixture["beam1_outputs"])
     # No EOS within 16 steps, so T5X returns the raw log-probs of the live beam.
     np.testing.assert_allclose(aux["scores"][:, 0], fixture["beam1_scores"], atol=1e-4)
+
+
+def test_cli_t5x_to_flan_writes_loadable_params(params, tmp_path):
+    dst = str(tmp_path / "flan")
+    src = os.path.join(TINY, "legacy", "checkpoint_100")
+    assert cli.main(["t5x-to-flan", src, dst]) == 0
+    loaded = convert.load_params(dst)
+    assert jax.tree.structure(loaded) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)
+    architecture, config, _ = convert.load_converted_config(dst)
+    assert (architecture, config) == ("encoder_decoder", t5x.config_from_t5x_params(params))
+    np.testing.assert_array_equal(
+        convert.load_params(src)["decoder"]["logits_dense"]["kernel"],
+        params["decoder"]["logits_dense"]["kernel"],
+    )

@@ -14,7 +14,7 @@ import pytest
 import seqio
 import tensorflow_datasets as tfds
 
-from flan_jax.data import collection, formats, mixtures, sources, tasks
+from flan_jax.data import collection, formats, sources, tasks
 from flan_jax.metrics import postprocessors, scores
 from flan_jax.specs import spec_dir
 
@@ -154,7 +154,11 @@ def test_preprocessors_exact_outputs():
         {"story": "Ann ran.", "questions": ["Who ran?", "Did she?", "extra"],
          "answers": {"input_text": ["Ann", "yes"]}}
     )  # fmt: skip
-    assert coqa == {"story": "Ann ran.", "questions": "1. Who ran?\n2. Did she?", "answers": "1. Ann\n2. yes"}
+    assert coqa == {
+        "story": "Ann ran.",
+        "questions": "1. Who ran?\n2. Did she?",
+        "answers": "1. Ann\n2. yes",
+    }
     assert collection.stsb({"sentence1": "a", "sentence2": "b", "label": 3.6})["answer"] == "4"
     assert collection.fix_punct({"en": "Hello, World! It's me."}) == {
         "text": "hello world its me",
@@ -230,3 +234,85 @@ def test_seqio_tokenized_dataset(mocked, name):
     ex = next(ds.as_numpy_iterator())
     assert ex["inputs"][-1] == 1 and ex["targets"][-1] == 1  # EOS
     assert len(ex["inputs"]) <= 256
+
+
+# -------------------------------------------------------------------------------- mixtures
+
+
+@pytest.fixture(scope="module")
+def registered_mixtures():
+    """Registers the collection's tasks (and the T0 / CoT tasks flan2022 uses) and mixtures."""
+    from flan_jax import registry  # noqa: PLC0415
+
+    root = spec_dir("tasks")
+    task_files = SPEC_FILES + sorted((root / "t0").glob("*.yaml"))
+    task_files += sorted((root / "cot").glob("*.yaml"))
+    mixture_files = [
+        MIXTURE_DIR / f"{n}.yaml"
+        for n in (
+            "flan2021",
+            "flan2021_30k",
+            "flan2022_flan",
+            "flan2022_t0",
+            "flan2022_cot",
+            "flan2022",
+        )
+    ]
+    _, names = registry.register_specs(task_files, mixture_files)
+    return names
+
+
+def _seqio_rates(name: str) -> dict[str, float]:
+    mixture = seqio.get_mixture_or_task(name)
+    return {t.name: float(mixture.get_rate(t)) for t in mixture.tasks}
+
+
+@pytest.mark.parametrize("name,cap", [("flan2021", 3000), ("flan2021_30k", 30000)])
+def test_flan2021_rates_are_capped_example_counts(registered_mixtures, name, cap):
+    rates = _seqio_rates(name)
+    assert len(rates) == 63
+    for variant, rate in rates.items():
+        spec = tasks.get_task_spec(variant)
+        assert rate == min(spec.num_examples["train"], cap), variant
+    assert rates["cb_zs_opt"] == 250.0 and rates["snli_zs_opt"] == float(cap)
+    assert rates["wsc273_zs_opt"] == 273.0 and rates["drop_zs_noopt"] == float(cap)
+    shares = {t: r / sum(rates.values()) for t, r in rates.items()}
+    assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_flan2021_held_out_cluster_mixtures(registered_mixtures):
+    held_out = sorted(n for n in registered_mixtures if n.startswith("flan2021_minus_"))
+    assert held_out == sorted(f"flan2021_minus_{c}" for c in CLUSTERS)
+    everything = set(_seqio_rates("flan2021"))
+    for name in held_out:
+        cluster = name.removeprefix("flan2021_minus_")
+        members = set(_seqio_rates(name))
+        dropped = {t for t in everything if tasks.get_task_spec(t).cluster == cluster}
+        assert dropped and members == everything - dropped, name
+
+
+def test_flan2022_sub_mixture_shares_match_weights(registered_mixtures):
+    rates = _seqio_rates("flan2022")
+    groups = {
+        "flan": set(_seqio_rates("flan2022_flan")),
+        "t0": set(_seqio_rates("flan2022_t0")),
+        "cot": set(_seqio_rates("flan2022_cot")),
+    }
+    weights = {"flan": 0.4, "t0": 0.32, "cot": 0.05}  # niv2 / dialog: no tasks yet
+    expected = {g: w / sum(weights.values()) for g, w in weights.items()}
+    # Each member mixes zero-/few-shot with/without options (as in the Flan 2022 recipe).
+    assert {
+        f
+        for t in groups["flan"]
+        for f in ["zs_opt", "zs_noopt", "fs_opt", "fs_noopt"]
+        if t.endswith(f)
+    } == {"zs_opt", "zs_noopt", "fs_opt", "fs_noopt"}
+    names = sorted(rates)
+    probs = [rates[n] / sum(rates.values()) for n in names]
+    drawn = collections.Counter(random.Random(0).choices(names, weights=probs, k=20_000))
+    group_of = {t: g for g, members in groups.items() for t in members}
+    counts = collections.Counter()
+    for task, n in drawn.items():
+        counts[group_of[task]] += n
+    for group, share in expected.items():
+        assert abs(counts[group] / 20_000 - share) < 0.02, (group, counts[group] / 20_000, share)

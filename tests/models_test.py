@@ -82,7 +82,7 @@ def test_t5x_fixture_greedy_and_beam1_decodes(t5x):
 def test_score_batch_is_sum_of_target_log_likelihoods(t5x):
     model, params, data = t5x
     batch = {k: data[k] for k in BATCH_KEYS}
-    scores = model.score_batch(params, batch)
+    scores = jax.jit(model.score_batch)(params, batch)
     log_probs = jax.nn.log_softmax(data["logits"].astype(np.float64), axis=-1)
     picked = np.take_along_axis(log_probs, data["decoder_target_tokens"][..., None], axis=-1)[..., 0]
     np.testing.assert_allclose(scores, (picked * data["decoder_loss_weights"]).sum(-1), rtol=1e-5)
@@ -113,7 +113,8 @@ def test_loss_normalizing_factor_and_label_smoothing():
 
 
 def _init(model, shapes, seed=0):
-    return nn.unbox(model.get_initial_variables(jax.random.key(seed), shapes)["params"])
+    init = jax.jit(lambda rng: model.get_initial_variables(rng, shapes)["params"])
+    return nn.unbox(init(jax.random.key(seed)))
 
 
 @jax.jit
@@ -170,7 +171,7 @@ def test_encoder_decoder_cached_steps_equal_full_forward():
     params = _init(model, {"encoder_input_tokens": (1, 6), "decoder_input_tokens": (1, 5)})
     enc = jnp.array([[5, 6, 7, 1, 0, 0], [9, 8, 1, 0, 0, 0]], jnp.int32)
     dec = jnp.array([[0, 3, 4, 5, 6], [0, 7, 8, 9, 10]], jnp.int32)
-    full = model.module.apply({"params": params}, enc, dec, jnp.ones_like(dec))
+    full = jax.jit(model.module.apply)({"params": params}, enc, dec, jnp.ones_like(dec))
     step_fn, cache, token = model._decoding_setup(params, {"encoder_input_tokens": enc}, 5)
     step_fn = jax.jit(step_fn)
     for t in range(5):
@@ -189,7 +190,7 @@ def test_decoder_only_packed_row_equals_examples_alone():
         "decoder_positions": jnp.array([[0, 1, 2, 3, 4, 0, 1, 2, 0]]),
         "decoder_causal_attention": jnp.array([[1, 1, 1, 0, 0, 1, 1, 0, 0]]),
     }
-    logits = model._logits(params, packed, None)
+    logits = jax.jit(model._logits)(params, packed, None)
     for seq, causal, sl in ((a, [1, 1, 1, 0, 0], slice(0, 5)), (b, [1, 1, 0], slice(5, 8))):
         alone = _llama_logits(params, jnp.array([seq]), jnp.array([causal]))
         np.testing.assert_allclose(logits[0, sl], alone[0], atol=1e-5, rtol=0)

@@ -30,7 +30,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--mesh", default="1,2,2", help="data,fsdp,model sizes")
     p.add_argument("--batch_size", type=int, default=8, help="global batch")
-    p.add_argument("--checkpoint_period", type=int, default=2)
+    p.add_argument("--checkpoint_period", type=int, default=3)
     p.add_argument("--heartbeat_timeout", type=int, default=5, help="seconds; a dead peer fails the job")
     p.add_argument("--crash_at_step", type=int, default=0, help="SIGKILL self when fetching this step's batch")
     return p.parse_args(argv)

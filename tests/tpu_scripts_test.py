@@ -252,7 +252,7 @@ PROLOGUE = (
     '2> /dev/null; then echo "{job} is already running on $(hostname) (pid $(cat logs/{job}.pid)); '
     "stop it with: tpu_scripts/run.sh 'kill $(cat logs/{job}.pid)'\" >&2; exit 1; fi && "
 )
-JOB = "env TF_CPP_MIN_LOG_LEVEL=3 venv/bin/flan-jax train " + shlex.join(GIN)
+JOB = "env TF_CPP_MIN_LOG_LEVEL=3 venv/bin/flan-jax train --multihost " + shlex.join(GIN)
 
 
 def test_launch_detached_on_all_workers(fake_bin: Path) -> None:

@@ -46,7 +46,9 @@ model_dir="${model_dir//\"/}"
 [[ "${model_dir}" == gs://* ]] ||
   die "MODEL_DIR=${model_dir} is not a gs:// path; on a TPU slice every host must write checkpoints to the same shared directory, e.g. --gin.MODEL_DIR=\"'gs://BUCKET/DIR'\""
 
-job="env TF_CPP_MIN_LOG_LEVEL=3 ${LAUNCH_ENV:+${LAUNCH_ENV} }venv/bin/flan-jax ${COMMAND} $(quote_words "$@")"
+# --multihost: the entry point calls jax.distributed.initialize(), which finds the slice's
+# hosts (and, multi-slice, the MEGASCALE_* settings) by itself on Cloud TPU.
+job="env TF_CPP_MIN_LOG_LEVEL=3 ${LAUNCH_ENV:+${LAUNCH_ENV} }venv/bin/flan-jax ${COMMAND} --multihost $(quote_words "$@")"
 log="logs/${JOB_NAME}.log"
 pid="logs/${JOB_NAME}.pid"
 busy="if [ -f ${pid} ] && kill -0 \"\$(cat ${pid})\" 2> /dev/null; then echo \"${JOB_NAME} is already running on \$(hostname) (pid \$(cat ${pid})); stop it with: tpu_scripts/run.sh 'kill \$(cat ${pid})'\" >&2; exit 1; fi"

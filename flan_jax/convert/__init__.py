@@ -105,6 +105,7 @@ def load_params(path: str) -> Params:
     """
     from flan_jax.convert import hf, t5x
 
+    path = os.path.expanduser(path)
     if os.path.isfile(os.path.join(path, PARAMS_ITEM, "_METADATA")):
         item = os.path.join(os.path.abspath(path), PARAMS_ITEM)
         restored = ocp.PyTreeCheckpointer().restore(item)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from flan_jax import convert
@@ -42,13 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; argv excludes the program and `convert` (e.g. ['hf-to-flan', SRC, DST])."""
     parser = argparse.ArgumentParser(
         prog="flan-jax convert",
-        description="Convert checkpoints between Hugging Face, T5X and flan_jax (local paths only).",
+        description="Convert Hugging Face, T5X and flan_jax checkpoints (local paths only).",
     )
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("src", help="HF dir, T5X checkpoint_<step> dir, or a converted flan dir")
-    parser.add_argument("dst", help="output dir (flan: default/ + flan_model.json; HF: safetensors)")
+    parser.add_argument(
+        "dst", help="output dir (flan: default/ + flan_model.json; HF: safetensors + config)"
+    )
     args = parser.parse_args(argv)
-    what = COMMANDS[args.command](args.src, args.dst)
+    src, dst = os.path.expanduser(args.src), os.path.expanduser(args.dst)
+    what = COMMANDS[args.command](src, dst)
     print(f"converted {args.src} ({what}) into {args.dst}")
     return 0
 

@@ -280,39 +280,80 @@ def get_pool(spec: TaskSpec) -> Sequence[dict[str, Any]]:
 # ------------------------------------------------------------------------------------ seqio
 
 
-def _rendered_dataset(split: str, shuffle_files: bool = False, seed=None, *, spec, fmt):
-    """Source of one variant: examples rendered in Python, in stored order (round-robin)."""
-    del shuffle_files, seed  # rendering is seeded by the spec; seqio shuffles afterwards
+def _render_rows(spec: TaskSpec, fmt: str, split: str, examples):
+    """Yields the rendered feature dicts of a split, in stored order."""
     settings = spec.render_settings(fmt)
     few_shot = fmt in formats_lib.FEW_SHOT_FORMATS
+    pool = get_pool(spec) if few_shot else ()
+    for i, ex in enumerate(examples):
+        out = formats_lib.render_example(ex, i, split, settings, pool=pool)
+        row = {
+            "inputs": out.inputs,
+            "targets": out.targets,
+            "_task_name": f"{spec.name}_{fmt}",
+            "_template_idx": out.template_idx,
+            "_template_type": out.template_type,
+            "_cluster": spec.cluster,
+        }
+        if spec.is_classification:
+            row["options"] = out.options
+        if few_shot:
+            row |= {"_shots": out.shots, "_query": out.query}
+        yield row
 
-    def generate():
-        pool = get_pool(spec) if few_shot else ()
-        cached = get_examples(spec, split) if spec.source.type != "tfds" else None
-        for i, ex in enumerate(cached if cached is not None else _iter_prepared(spec, split)):
-            out = formats_lib.render_example(ex, i, split, settings, pool=pool)
-            row = {
-                "inputs": out.inputs,
-                "targets": out.targets,
-                "_task_name": f"{spec.name}_{fmt}",
-                "_template_idx": out.template_idx,
-                "_template_type": out.template_type,
-                "_cluster": spec.cluster,
-            }
-            if spec.is_classification:
-                row["options"] = out.options
-            if few_shot:
-                row |= {"_shots": out.shots, "_query": out.query}
-            yield row
 
+_LIST_KEYS = ("options", "_shots")
+
+
+def _rendered_columns(spec: TaskSpec, fmt: str, split: str) -> dict[str, Any]:
+    """All rendered rows of an in-memory split as columns (cached with the examples)."""
+    key = (spec.name, f"{split}:{fmt}")
+    with _LOCK:
+        cached = _EXAMPLES.get(key)
+    if cached is not None and cached[0] == spec:
+        return cached[1]
+    rows = list(_render_rows(spec, fmt, split, get_examples(spec, split)))
+    keys = rows[0].keys() if rows else _signature(spec, fmt).keys()
+    columns = {k: [r[k] for r in rows] for k in keys}
+    with _LOCK:
+        _EXAMPLES[key] = (spec, columns)
+    return columns
+
+
+def _signature(spec: TaskSpec, fmt: str) -> dict[str, tf.TensorSpec]:
     text = tf.TensorSpec([], tf.string)
     signature = {k: text for k in ("inputs", "targets", "_task_name", "_template_type", "_cluster")}
     signature["_template_idx"] = tf.TensorSpec([], tf.int32)
     if spec.is_classification:
         signature["options"] = tf.TensorSpec([None], tf.string)
-    if few_shot:
+    if fmt in formats_lib.FEW_SHOT_FORMATS:
         signature |= {"_shots": tf.TensorSpec([None], tf.string), "_query": text}
-    return tf.data.Dataset.from_generator(generate, output_signature=signature)
+    return signature
+
+
+def _rendered_dataset(split: str, shuffle_files: bool = False, seed=None, *, spec, fmt):
+    """Source of one variant: examples rendered in Python, in stored order (round-robin).
+
+    File and function sources are rendered once and served from memory; TFDS streams.
+    """
+    del shuffle_files, seed  # rendering is seeded by the spec; seqio shuffles afterwards
+    signature = _signature(spec, fmt)
+    if spec.source.type == "tfds":
+        rows = lambda: _render_rows(spec, fmt, split, _iter_prepared(spec, split))
+        return tf.data.Dataset.from_generator(rows, output_signature=signature)
+    columns = _rendered_columns(spec, fmt, split)
+    tensors = {}
+    for k, sig in signature.items():
+        if k in _LIST_KEYS:
+            tensors[k] = tf.RaggedTensor.from_row_lengths(
+                tf.constant([x for row in columns[k] for x in row], tf.string, [None]),
+                tf.constant([len(row) for row in columns[k]], tf.int64),
+            )
+        else:
+            tensors[k] = tf.constant(columns[k], sig.dtype, [len(columns[k])])
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
+    dense = lambda ex: {k: tf.reshape(v, [-1]) if k in _LIST_KEYS else v for k, v in ex.items()}
+    return ds.map(dense)
 
 
 def _prune_few_shot(dataset, sequence_length=None, output_features=None, *, spec):

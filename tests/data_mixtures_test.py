@@ -1,0 +1,143 @@
+"""Mixtures: caps, temperature, weights, sub-mixtures, held-out clusters, shares after packing."""
+
+import collections
+
+import numpy as np
+import pytest
+import seqio
+
+from flan_jax.data import mixtures, tasks
+
+SIZES = {"m_a": (100, "x"), "m_b": (300, "y"), "m_c": (900, "z"), "m_d": (40, "z")}
+
+
+def rows(split: str, tag: str, n: int) -> list[dict]:
+    return [{"q": str(i % 10), "answer": tag} for i in range(n)]
+
+
+def task_spec(name: str, n: int, cluster: str, **kw) -> dict:
+    return {
+        "name": name, "cluster": cluster,
+        "source": {"type": "function", "fn": "data_mixtures_test:rows", "splits": ["train"],
+                   "args": {"tag": name[-1].upper(), "n": n}},
+        "fields": ["q", "answer"],
+        "templates": [{"inputs": "{q}", "targets": "{answer}{q}"}],
+        "formats": ["zs_noopt"], "vocabulary": "byte", **kw,
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    for name, (n, cluster) in SIZES.items():
+        tasks.register_task_spec(task_spec(name, n, cluster))
+    yield
+    for name in mixtures.registered_mixtures():
+        if name.startswith("mx_") and name in mixtures.registered_mixtures():
+            mixtures.unregister_mixture(name)
+    for name in SIZES:
+        tasks.unregister_task_spec(name)
+
+
+def test_examples_proportional_with_cap_and_temperature():
+    spec = mixtures.MixtureSpec(name="mx_cap", members=("m_a", "m_b", "m_c"), cap=500)
+    assert mixtures.flat_rates(spec) == {"m_a_zs_noopt": 100.0, "m_b_zs_noopt": 300.0,
+                                         "m_c_zs_noopt": 500.0}
+    hot = mixtures.MixtureSpec(name="mx_t", members=("m_a", "m_c"), cap=400, temperature=2.0)
+    assert mixtures.flat_rates(hot) == {"m_a_zs_noopt": 10.0, "m_c_zs_noopt": 20.0}
+
+
+def test_weights_and_sub_mixtures():
+    assert mixtures.register_mixture_spec(
+        {"name": "mx_sub", "members": ["m_a", "m_d"], "cap": 3000}) == ["mx_sub"]
+    parent = mixtures.MixtureSpec(
+        name="mx_parent", cap=200,
+        members=("m_b", {"name": "m_c", "weight": 50}, {"name": "mx_sub", "weight": 70}),
+    )
+    # mx_sub's weight 70 is split 100:40 over its tasks; m_b is capped at 200.
+    assert mixtures.flat_rates(parent) == pytest.approx(
+        {"m_b_zs_noopt": 200.0, "m_c_zs_noopt": 50.0, "m_a_zs_noopt": 50.0, "m_d_zs_noopt": 20.0})
+    unweighted = mixtures.MixtureSpec(name="mx_p2", members=("m_b", "mx_sub"), cap=200)
+    assert mixtures.flat_rates(unweighted) == {"m_b_zs_noopt": 200.0, "m_a_zs_noopt": 100.0,
+                                               "m_d_zs_noopt": 40.0}
+
+
+def test_held_out_clusters_and_idempotence():
+    spec = {"name": "mx_all", "members": ["m_a", "m_b", "m_c", "m_d"], "held_out": "all"}
+    names = mixtures.register_mixture_spec(spec)
+    assert names == ["mx_all", "mx_all_minus_x", "mx_all_minus_y", "mx_all_minus_z"]
+    assert mixtures.register_mixture_spec(spec) == names
+    assert mixtures.mixture_rates("mx_all_minus_z") == {"m_a_zs_noopt": 100.0,
+                                                        "m_b_zs_noopt": 300.0}
+    tasks_of = lambda n: sorted(t.name for t in seqio.get_mixture_or_task(n).tasks)
+    assert tasks_of("mx_all_minus_x") == ["m_b_zs_noopt", "m_c_zs_noopt", "m_d_zs_noopt"]
+    with pytest.raises(ValueError, match="a different mixture named 'mx_all'"):
+        mixtures.register_mixture_spec(dict(spec, cap=10))
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ({"members": ["m_a"], "cap": 0}, "cap must be a positive int, got 0"),
+        ({"members": ["m_a"], "cap": -5}, "cap must be a positive int, got -5"),
+        ({"members": ["m_a", "m_b"], "held_out": ["w"]},
+         r"held-out cluster 'w' does not exist; its tasks have clusters \['x', 'y'\]"),
+        ({"members": ["m_a", "m_bb"]}, r"unknown task or mixture 'm_bb'; closest: \['m_b'"),
+        ({"members": []}, "`members:` is empty"),
+        ({"members": [{"name": "m_a", "weight": 0}]}, "weight must be > 0, got 0"),
+        ({"members": ["m_a"], "weights": [1]}, "unknown key 'weights'"),
+    ],
+)
+def test_bad_mixtures_register_nothing(spec, match):
+    with pytest.raises(ValueError, match=match):
+        mixtures.register_mixture_spec({"name": "mx_bad", **spec})
+    assert "mx_bad" not in seqio.MixtureRegistry.names()
+
+
+def test_recorded_num_examples_without_data(tmp_path):
+    spec = task_spec("m_file", 0, "x", num_examples={"train": 1234})
+    spec["source"] = {"type": "jsonl", "splits": {"train": str(tmp_path / "absent.jsonl")}}
+    tasks.register_task_spec(spec)
+    try:
+        assert mixtures.task_rate("m_file_zs_noopt", cap=3000) == 1234.0
+        assert mixtures.task_rate("m_file_zs_noopt", cap=1000) == 1000.0
+    finally:
+        tasks.unregister_task_spec("m_file")
+
+
+def segment_tags(tokens: np.ndarray, segments: np.ndarray) -> list[str]:
+    """The first token of every packed segment, decoded (it is the task's tag letter)."""
+    starts = (segments > 0) & np.concatenate(
+        [np.ones_like(segments[:, :1], bool), segments[:, 1:] != segments[:, :-1]], axis=1)
+    return [chr(t - 3) for t in tokens[starts]]
+
+
+@pytest.mark.parametrize(
+    "converter, lengths, key",
+    [
+        (seqio.EncDecFeatureConverter(pack=True), {"inputs": 16, "targets": 16}, "decoder"),
+        (seqio.DecoderFeatureConverter(pack=True), {"targets": 32}, "decoder"),
+    ],
+    ids=["encdec", "decoder"],
+)
+def test_shares_after_packing_match_rates(converter, lengths, key):
+    mixtures.register_mixture_spec({"name": "mx_pack", "members": ["m_a", "m_b", "m_c"],
+                                    "cap": 500})
+    ds = seqio.get_dataset("mx_pack", lengths, converter, dataset_split="train", shuffle=True,
+                           seed=7, num_epochs=None)
+    counts, total = collections.Counter(), 0
+    for batch in ds.batch(128).as_numpy_iterator():
+        if key == "decoder" and "inputs" not in lengths:
+            tokens = batch["decoder_target_tokens"]
+        else:
+            tokens = batch["decoder_target_tokens"]
+        tags = segment_tags(tokens, batch["decoder_segment_ids"])
+        counts.update(tags)
+        total += len(tags)
+        if total >= 20_000:
+            break
+    shares = {tag: counts[tag] / total for tag in "ABC"}
+    expected = {"A": 100 / 900, "B": 300 / 900, "C": 500 / 900}
+    for tag in "ABC":
+        assert abs(shares[tag] - expected[tag]) < 0.02, (tag, shares, expected)
+    # Packing really happened: several examples share a row.
+    assert batch["decoder_segment_ids"].max() >= 2

@@ -1,0 +1,112 @@
+"""Decontamination: n-gram overlap finds planted evaluation examples, none in shipped mixtures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import needs_data
+
+from flan_jax.data import decontaminate, mixtures, tasks
+
+GSM8K_Q0 = "Janet’s ducks lay 16 eggs per day."  # opening words of GSM8K test question 0
+
+
+def test_normalize_and_ngrams():
+    assert decontaminate.normalize("It's 4:30, Bob!") == ["it", "s", "4", "30", "bob"]
+    assert decontaminate.ngrams("a b c d", n=3) == {("a", "b", "c"), ("b", "c", "d")}
+    assert decontaminate.ngrams("A b!", n=3) == {("a", "b")}  # short text: one n-gram
+    assert decontaminate.ngrams("?!", n=3) == set()
+
+
+def test_planted_duplicates_are_found():
+    evals = {"gsm8k_test": ["Natalia sold clips to 48 of her friends in April."]}
+    index = decontaminate.EvalIndex(evals, n=8)
+    train = [
+        "Unrelated text about ducks and eggs on a farm in the spring time.",
+        "Q: NATALIA sold clips, to 48 of her friends in April! How many?",  # planted
+        "natalia sold clips to 47 of her friends in april",  # one word differs: no 8-gram
+        "Bob sold clips to 48 of her friends in May.",  # 1 of 3 n-grams: under half
+    ]
+    count, found = decontaminate.find_overlaps(index, "planted_task", train)
+    assert count == 4
+    assert found == [
+        decontaminate.Overlap(
+            "gsm8k_test", 0, "planted_task", 1, "natalia sold clips to 48 of her friends"
+        )
+    ]
+
+
+def test_bad_ngram_size():
+    with pytest.raises(ValueError, match="n-gram size must be >= 1, got 0"):
+        decontaminate.EvalIndex({}, n=0)
+
+
+@needs_data
+def test_eval_sets_have_readme_counts():
+    sets = decontaminate.load_eval_sets()
+    assert {k: len(v) for k, v in sets.items()} == {
+        "mmlu": 14042,
+        "bbh": 6511,
+        "gsm8k_test": 1319,
+    }
+    assert sets["gsm8k_test"][0].startswith(GSM8K_Q0)
+
+
+@needs_data
+def test_check_mixture_finds_planted_gsm8k_test_question(tmp_path):
+    sets = decontaminate.load_eval_sets()
+    rows = [
+        {"q": "What is two plus two?", "a": "4"},
+        {"q": "Please solve: " + sets["gsm8k_test"][5], "a": "7"},  # planted
+    ]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {
+        "name": "planted_decontam",
+        "cluster": "math",
+        "source": {"type": "jsonl", "splits": {"train": str(path)}},
+        "fields": {"question": "q", "answer": "a"},
+        "templates": [{"inputs": "{question}", "targets": "{answer}"}],
+        "formats": ["zs_noopt"],
+        "vocabulary": "byte",
+    }
+    tasks.register_task_spec(spec)
+    mixtures.register_mixture_spec({"name": "planted_mix", "members": ["planted_decontam"]})
+    try:
+        report = decontaminate.check_mixture("planted_mix", eval_sets=sets)
+    finally:
+        mixtures.unregister_mixture("planted_mix")
+        tasks.unregister_task_spec("planted_decontam")
+    assert report.checked == {"planted_decontam": 2}
+    assert report.contaminated == 1
+    assert [(o.eval_set, o.eval_index, o.train_index) for o in report.overlaps] == [
+        ("gsm8k_test", 5, 1)
+    ]
+    assert "contaminated: 1" in decontaminate.format_report(report)
+
+
+@needs_data
+def test_shipped_mixtures_are_clean():
+    from flan_jax import registry  # noqa: PLC0415
+    from flan_jax.specs import spec_dir  # noqa: PLC0415
+
+    root = spec_dir("tasks")
+    files = sorted((root / "flan2021").glob("*.yaml")) + sorted((root / "t0").glob("*.yaml"))
+    files += sorted((root / "cot").glob("*.yaml"))
+    names = ("flan2021", "flan2022_flan", "flan2022_t0", "flan2022_cot", "flan2022")
+    registry.register_specs(files, [spec_dir("mixtures") / f"{n}.yaml" for n in names])
+    sets = decontaminate.load_eval_sets()
+    report = decontaminate.check_mixture("flan2022", eval_sets=sets)
+    # The one finding is real: FLAN's GSM8K CoT train set holds two re-numbered copies of GSM8K
+    # test question 602 ("A plane travels 1200 miles in 3 hours. At the same rate, ...").
+    found = sorted((o.task, o.train_index, o.eval_set, o.eval_index) for o in report.overlaps)
+    assert found == [
+        ("cot_gsm8k", 1314, "gsm8k_test", 602),
+        ("cot_gsm8k", 5162, "gsm8k_test", 602),
+    ], decontaminate.format_report(report)
+    assert len(report.checked) == 283 + 7  # every T0 and CoT task read from the real files
+    assert sum(report.checked.values()) > 50_000
+    assert len(report.skipped) == 63  # FLAN 2021 TFDS datasets are not prepared here
+    flan2021 = decontaminate.check_mixture("flan2021_minus_nli", eval_sets=sets)
+    assert flan2021.contaminated == 0 and not flan2021.checked
