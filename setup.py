@@ -31,6 +31,7 @@ setuptools.setup(
         "gin-config>=0.5.0,<0.6",
         "sentencepiece>=0.2.0,<0.3",
         "clu>=0.0.12,<0.1",
+        "tensorboard>=2.20,<2.22",
         "pyyaml>=6",
         "numpy>=1.26",
     ],

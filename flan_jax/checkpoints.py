@@ -57,7 +57,9 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def _iter_prefix(self, step: int) -> str:
-        return os.path.join(self._iter_root, f"step_{step}", f"process_{jax.process_index()}", "iterator")
+        return os.path.join(
+            self._iter_root, f"step_{step}", f"process_{jax.process_index()}", "iterator"
+        )
 
     def save(self, step: int, state: PyTree, data_iterator: Any = None) -> None:
         """Saves the iterator (synchronously, per process) and then the state (orbax, collective).
@@ -92,7 +94,8 @@ class Checkpointer:
             if not tf.io.gfile.exists(prefix + ".index"):
                 raise FileNotFoundError(
                     f"checkpoint step {step} has no data iterator state at {prefix} for process "
-                    f"{jax.process_index()}; resume with save_data_iterator=False to restart the data"
+                    f"{jax.process_index()}; resume with save_data_iterator=False to restart the "
+                    "data"
                 )
             tf.train.Checkpoint(iterator=data_iterator).read(prefix).assert_consumed()
         return state
@@ -111,7 +114,9 @@ def _orbax_item_dir(path: str) -> str | None:
         if tf.io.gfile.exists(os.path.join(root, "default", "_METADATA")):
             return os.path.join(root, "default")
         if tf.io.gfile.isdir(root):
-            steps = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(root) if n.rstrip("/").isdigit()]
+            steps = [
+                int(n.rstrip("/")) for n in tf.io.gfile.listdir(root) if n.rstrip("/").isdigit()
+            ]
             for step in sorted(steps, reverse=True):
                 item = os.path.join(root, str(step), "default")
                 if tf.io.gfile.exists(os.path.join(item, "_METADATA")):
@@ -127,26 +132,41 @@ def load_initial_params(path: str, abstract_params: PyTree) -> PyTree:
     """
     item = _orbax_item_dir(path)
     if item is not None:
-        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract_params)
+        restore_args = jax.tree.map(
+            lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract_params
+        )
         args = ocp.args.PyTreeRestore(
-            item={"params": abstract_params}, restore_args={"params": restore_args}, partial_restore=True
+            item={"params": abstract_params},
+            restore_args={"params": restore_args},
+            partial_restore=True,
         )
         return ocp.PyTreeCheckpointer().restore(item, args=args)["params"]
     from flan_jax import convert  # optional: conversion pulls in extra dependencies
 
     loaded = convert.load_params(path)
     _check_same_shapes(loaded, abstract_params, path)
-    return jax.tree.map(lambda x, a: jax.device_put(np.asarray(x, a.dtype), a.sharding), loaded, abstract_params)
+    return jax.tree.map(
+        lambda x, a: jax.device_put(np.asarray(x, a.dtype), a.sharding), loaded, abstract_params
+    )
 
 
 def _check_same_shapes(loaded: PyTree, abstract: PyTree, path: str) -> None:
-    want = {jax.tree_util.keystr(p): a.shape for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]}
-    got = {jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_flatten_with_path(loaded)[0]}
+    want = {
+        jax.tree_util.keystr(p): a.shape
+        for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]
+    }
+    got = {
+        jax.tree_util.keystr(p): np.shape(x)
+        for p, x in jax.tree_util.tree_flatten_with_path(loaded)[0]
+    }
     if want != got:
         missing = sorted(set(want) - set(got))[:5]
         extra = sorted(set(got) - set(want))[:5]
-        wrong = [(k, got[k], want[k]) for k in sorted(set(want) & set(got)) if got[k] != want[k]][:5]
+        wrong = [(k, got[k], want[k]) for k in sorted(set(want) & set(got)) if got[k] != want[k]][
+            :5
+        ]
         raise ValueError(
-            f"INITIAL_CHECKPOINT_PATH {path}: parameters do not match the model: missing {missing}, "
+            f"INITIAL_CHECKPOINT_PATH {path}: parameters do not match the model: "
+            f"missing {missing}, "
             f"unexpected {extra}, shape (got, want) {wrong}; check the model gin config"
         )

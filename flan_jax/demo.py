@@ -4,6 +4,7 @@ held-in and held-out accuracy before and after tuning (the FLAN experiment, in m
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import sys
 from typing import Any
 
@@ -44,7 +45,9 @@ def _accuracy(results: dict[str, dict[str, float]]) -> float:
     return sum(values) / max(len(values), 1)
 
 
-def _evaluate(model, params, names, data: DataConfig, mesh, demo: DemoConfig) -> dict[str, dict[str, float]]:
+def _evaluate(
+    model, params, names, data: DataConfig, mesh, demo: DemoConfig
+) -> dict[str, dict[str, float]]:
     return evaluate.evaluate_tasks(
         model, params, sorted(names), split=data.eval_split, feature_lengths=dict(data.task_feature_lengths),
         mesh=mesh, batch_size=data.batch_size, max_examples=demo.max_examples,
@@ -63,8 +66,6 @@ def run_demo(
     mixture_or_task_module: str | None = "flan_jax.registry",
 ) -> dict[str, dict[str, float]]:
     """Evaluates, trains with `train.train`, evaluates again; prints and returns the table."""
-    import importlib
-
     importlib.import_module(mixture_or_task_module or "flan_jax.registry")
     held_in = _task_names(data.mixture_or_task_name, demo.variant_suffix)
     held_out = _task_names(demo.full_mixture, demo.variant_suffix) - held_in
@@ -73,10 +74,17 @@ def run_demo(
     tx = optimizer.make_optimizer(optimizer_config)
     with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
         _, shardings = train_state.state_shardings(model, tx, shapes, mesh)
-        before_params = train_state.init_params(model, shapes, jax.random.PRNGKey(run.seed), shardings["params"])
+        before_params = train_state.init_params(
+            model, shapes, jax.random.PRNGKey(run.seed), shardings["params"]
+        )
         before = {k: _evaluate(model, before_params, n, data, mesh, demo) for k, n in (("held-in", held_in), ("held-out", held_out))}  # fmt: skip
     state = train.train(
-        model=model, data=data, mesh=mesh, optimizer_config=optimizer_config, checkpoint=checkpoint, run=run
+        model=model,
+        data=data,
+        mesh=mesh,
+        optimizer_config=optimizer_config,
+        checkpoint=checkpoint,
+        run=run,
     )
     with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
         after = {k: _evaluate(model, state["params"], n, data, mesh, demo) for k, n in (("held-in", held_in), ("held-out", held_out))}  # fmt: skip
@@ -92,7 +100,6 @@ def run_demo(
 def main(argv: list[str] | None = None) -> int:
     """`python -m flan_jax.demo [--gin_file=experiments/flan_tiny_decoder.gin] [--gin.X=...]`."""
     import gin
-
     from flan_jax import gin_flags
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -100,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(0, "--gin_file=experiments/flan_tiny_t5.gin")
     gin_flags.parse(argv, "flan_jax.demo")
     gin_flags.write_config(gin.query_parameter("%MODEL_DIR"), gin.config_str())
-    gin.get_configurable(run_demo)()
+    # `python -m` runs this file as __main__: use the module gin registered
+    gin.get_configurable(importlib.import_module("flan_jax.demo").run_demo)()
     return 0
 
 

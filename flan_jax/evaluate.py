@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import numpy as np
 import seqio
 import tensorflow as tf
 from jax.sharding import Mesh

@@ -1,4 +1,4 @@
-"""Command-line gin for entry points: --gin_file / --gin.MACRO=VALUE, required macros, multi-host init.
+"""Command-line gin for entry points: --gin_file, --gin.MACRO=VALUE, required macros, multi-host.
 
 Only entry points import this module (library code never imports gin).
 """
@@ -10,24 +10,39 @@ import os
 import re
 from collections.abc import Sequence
 
-import gin
 import jax
 
+import gin
 from flan_jax import specs
 
 _REQUIRED = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*%gin\.REQUIRED\s*(#.*)?$", re.M)
 
 
 def make_parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Run with gin files and bindings (T5X-style flags).")
-    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable); runs/finetune.gin etc.")
-    p.add_argument("--gin_bindings", action="append", default=[], help="a gin binding, e.g. MODEL_DIR='/tmp/x'")
-    p.add_argument("--gin_search_path", action="append", default=[], help="extra folder to find gin files in")
+    p = argparse.ArgumentParser(
+        prog=prog, description="Run with gin files and bindings (T5X-style flags)."
+    )
+    p.add_argument(
+        "--gin_file",
+        action="append",
+        default=[],
+        help="gin file (repeatable); runs/finetune.gin etc.",
+    )
+    p.add_argument(
+        "--gin_bindings", action="append", default=[], help="a gin binding, e.g. MODEL_DIR='/tmp/x'"
+    )
+    p.add_argument(
+        "--gin_search_path", action="append", default=[], help="extra folder to find gin files in"
+    )
     p.add_argument("--coordinator_address", default=None, help="multi-host: host:port of process 0")
-    p.add_argument("--num_processes", type=int, default=None, help="multi-host: number of processes")
+    p.add_argument(
+        "--num_processes", type=int, default=None, help="multi-host: number of processes"
+    )
     p.add_argument("--process_id", type=int, default=None, help="multi-host: this process's index")
     p.add_argument(
-        "--multihost", action="store_true", help="call jax.distributed.initialize() (auto-detects Cloud TPU)"
+        "--multihost",
+        action="store_true",
+        help="call jax.distributed.initialize() (auto-detects Cloud TPU)",
     )
     return p
 
@@ -82,12 +97,16 @@ def parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     rest, macro_bindings = split_gin_macros(argv)
     args = make_parser(prog).parse_args(rest)
     if not args.gin_file:
-        raise SystemExit(f"{prog}: give at least one --gin_file (e.g. --gin_file=runs/finetune.gin)")
+        raise SystemExit(
+            f"{prog}: give at least one --gin_file (e.g. --gin_file=runs/finetune.gin)"
+        )
     paths = search_paths(args.gin_search_path)
     for p in paths:
         gin.add_config_file_search_path(p)
     gin.parse_config_files_and_bindings(
-        [_find(f, paths) for f in args.gin_file], [*args.gin_bindings, *macro_bindings], finalize_config=False
+        [_find(f, paths) for f in args.gin_file],
+        [*args.gin_bindings, *macro_bindings],
+        finalize_config=False,
     )
     missing = missing_macros(required_macros(args.gin_file, paths))
     if missing:
@@ -102,7 +121,9 @@ def initialize_distributed(args: argparse.Namespace) -> None:
     """jax.distributed.initialize(): explicit coordinator flags, or auto-detection (Cloud TPU)."""
     if args.coordinator_address:
         jax.distributed.initialize(
-            coordinator_address=args.coordinator_address, num_processes=args.num_processes, process_id=args.process_id
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
         )
     elif args.multihost:
         jax.distributed.initialize()

@@ -20,7 +20,7 @@ NumpyBatch = dict[str, np.ndarray]
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Which examples the trainer reads (T5X's MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, BATCH_SIZE).
+    """Which examples the trainer reads (MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, BATCH_SIZE).
 
     Attributes:
       mixture_or_task_name: a registered seqio task or mixture.
@@ -48,12 +48,17 @@ class DataConfig:
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"BATCH_SIZE ({self.batch_size}) must be >= 1")
-        bad = {k: v for k, v in self.task_feature_lengths.items() if not isinstance(v, int) or v < 1}
+        bad = {
+            k: v for k, v in self.task_feature_lengths.items() if not isinstance(v, int) or v < 1
+        }
         if bad or not self.task_feature_lengths:
-            raise ValueError(f"TASK_FEATURE_LENGTHS {dict(self.task_feature_lengths)} needs positive ints")
+            raise ValueError(
+                f"TASK_FEATURE_LENGTHS {dict(self.task_feature_lengths)} needs positive ints"
+            )
         if self.batch_size % jax.process_count():
             raise ValueError(
-                f"BATCH_SIZE ({self.batch_size}) must be divisible by the process count ({jax.process_count()})"
+                f"BATCH_SIZE ({self.batch_size}) must be divisible by the process count "
+                f"({jax.process_count()})"
             )
 
     @property
@@ -80,7 +85,9 @@ def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
         ) from e
 
 
-def model_input_shapes(config: DataConfig, converter: seqio.FeatureConverter) -> dict[str, tuple[int, int]]:
+def model_input_shapes(
+    config: DataConfig, converter: seqio.FeatureConverter
+) -> dict[str, tuple[int, int]]:
     """{model feature: (global batch, length)} for initialising the model."""
     lengths = converter.get_model_feature_lengths(dict(config.task_feature_lengths))
     return {k: (config.batch_size, v) for k, v in lengths.items()}
@@ -104,7 +111,9 @@ def get_train_dataset(config: DataConfig, converter: seqio.FeatureConverter) -> 
     return ds.batch(config.local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def make_global_batch(local: NumpyBatch, mesh: Mesh, global_batch_size: int) -> dict[str, jax.Array]:
+def make_global_batch(
+    local: NumpyBatch, mesh: Mesh, global_batch_size: int
+) -> dict[str, jax.Array]:
     """Assembles each host's [local_batch, ...] arrays into global [batch, ...] jax.Arrays."""
     sharding = partitioning.batch_sharding(mesh)
     return {
@@ -151,13 +160,16 @@ def eval_task_names(config: DataConfig) -> list[str]:
 
 def _pad_rows(batch: NumpyBatch, rows: int) -> NumpyBatch:
     """Zero rows at the end: zero loss weights, so they add nothing to summed metrics."""
-    return {k: np.concatenate([v, np.zeros((rows - len(v),) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+    return {
+        k: np.concatenate([v, np.zeros((rows - len(v),) + v.shape[1:], v.dtype)])
+        for k, v in batch.items()
+    }
 
 
 def load_eval_batches(
     config: DataConfig, converter: seqio.FeatureConverter, task_name: str
 ) -> list[NumpyBatch]:
-    """This host's share of a task's eval split as padded local batches (equal count on all hosts)."""
+    """This host's share of a task's eval split as padded local batches (same count per host)."""
     ds = seqio.get_dataset(
         task_name,
         dict(config.task_feature_lengths),
@@ -178,6 +190,9 @@ def load_eval_batches(
         count = int(np.max(multihost_utils.process_allgather(np.int32(count))))
     template = batches[0] if batches else None
     if template is None:
-        raise ValueError(f"eval split {config.eval_split!r} of task {task_name!r} is empty on process {jax.process_index()}")
+        raise ValueError(
+            f"eval split {config.eval_split!r} of task {task_name!r} is empty on process "
+            f"{jax.process_index()}"
+        )
     empty = {k: np.zeros_like(v) for k, v in template.items()}
     return batches + [empty] * (count - len(batches))

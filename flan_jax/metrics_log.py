@@ -47,7 +47,9 @@ class MetricsLogger:
       stream: console stream.
     """
 
-    def __init__(self, model_dir: str, *, total_steps: int, flops_per_device_step: float | None, stream=None):
+    def __init__(
+        self, model_dir: str, *, total_steps: int, flops_per_device_step: float | None, stream=None
+    ):
         self.enabled = jax.process_index() == 0
         self.total_steps = total_steps
         self.flops = flops_per_device_step
@@ -65,10 +67,24 @@ class MetricsLogger:
         with self._writer.as_default():
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("step", "time") and math.isfinite(v):
-                    tf.summary.write(f"{prefix}/{k}", tf.constant(float(v)), step=record["step"], metadata=_SCALARS_METADATA)
+                    tf.summary.write(
+                        f"{prefix}/{k}",
+                        tf.constant(float(v)),
+                        step=record["step"],
+                        metadata=_SCALARS_METADATA,
+                    )
         self._writer.flush()
 
-    def log_train(self, step: int, summary: Mapping[str, float], *, num_steps: int, seconds: float, tokens: float, target_tokens: float) -> dict:
+    def log_train(
+        self,
+        step: int,
+        summary: Mapping[str, float],
+        *,
+        num_steps: int,
+        seconds: float,
+        tokens: float,
+        target_tokens: float,
+    ) -> dict:
         """Logs `num_steps` steps that took `seconds` and ended at `step`.
 
         `tokens` counts every model input position, `target_tokens` the loss-weighted ones.
@@ -90,8 +106,10 @@ class MetricsLogger:
         if self.enabled:
             eta = _format_duration(step_time * (self.total_steps - step))
             line = (
-                f"step {step}/{self.total_steps} loss {summary['loss']:.4f} acc {summary['accuracy']:.3f} "
-                f"lr {summary.get('learning_rate', float('nan')):.2e} tok/s {record['tokens_per_s']:.0f} "
+                f"step {step}/{self.total_steps} loss {summary['loss']:.4f} "
+                f"acc {summary['accuracy']:.3f} "
+                f"lr {summary.get('learning_rate', float('nan')):.2e} "
+                f"tok/s {record['tokens_per_s']:.0f} "
                 f"step {step_time * 1e3:.1f}ms ETA {eta}"
             )
             if self.flops:
@@ -101,7 +119,7 @@ class MetricsLogger:
         return record
 
     def log_eval(self, step: int, results: Mapping[str, Mapping[str, float]]) -> None:
-        """One record per task: {"kind": "eval", "task": name, "step": step, loss, accuracy, ...}."""
+        """One record per task: {"kind": "eval", "task", "step", loss, accuracy, ...}."""
         if not self.enabled:
             return
         for task, summary in results.items():

@@ -55,7 +55,9 @@ def make_mesh(
     devices = list(jax.devices() if devices is None else devices)
     shape = list(shape)
     if len(shape) != len(axis_names):
-        raise ValueError(f"mesh shape {tuple(shape)} must have one size per axis {tuple(axis_names)}")
+        raise ValueError(
+            f"mesh shape {tuple(shape)} must have one size per axis {tuple(axis_names)}"
+        )
     if shape.count(-1) > 1:
         raise ValueError(f"mesh shape {tuple(shape)}: at most one axis may be -1")
     known = int(np.prod([s for s in shape if s != -1]))
@@ -92,7 +94,6 @@ def logical_to_mesh_sharding(tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
         tree,
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )
-
 
 
 BATCH_AXES = ("data", "fsdp")
@@ -159,8 +160,7 @@ def opt_state_shardings(opt_state_shapes, params_shapes, param_shardings, mesh: 
     for path, leaf in jax.tree_util.tree_flatten_with_path(params_shapes)[0]:
         by_path[_dict_keys(path)] = leaf.shape
     shard_by_path = {
-        _dict_keys(path): s
-        for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]
+        _dict_keys(path): s for path, s in jax.tree_util.tree_flatten_with_path(param_shardings)[0]
     }
     repl = replicated(mesh)
 

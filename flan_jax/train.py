@@ -99,10 +99,13 @@ class MetricsWindow:
             if not np.isfinite(loss):
                 raise FloatingPointError(
                     f"loss is {loss} at step {step}; stopped without saving. The last good "
-                    f"checkpoint is step {last_checkpoint}; lower LEARNING_RATE or inspect that batch"
+                    f"checkpoint is step {last_checkpoint}; lower LEARNING_RATE or inspect that "
+                    "batch"
                 )
             for k, v in m.items():
-                self.sums[k] = self.sums.get(k, 0.0) + float(v) if k != "learning_rate" else float(v)
+                self.sums[k] = (
+                    self.sums.get(k, 0.0) + float(v) if k != "learning_rate" else float(v)
+                )
             self.num_steps += 1
         self.pending = []
 
@@ -113,7 +116,7 @@ class MetricsWindow:
 
 
 def _restore_or_init(model, tx, ckpt, shapes, abstract, shardings, run: RunConfig, data_iter, log):
-    """Latest checkpoint (state + data iterator) if any, else fresh or INITIAL_CHECKPOINT_PATH params."""
+    """Latest checkpoint (state + data iterator), else INITIAL_CHECKPOINT_PATH or fresh params."""
     latest = ckpt.latest_step()
     if latest is not None:
         log.info(f"restoring checkpoint step {latest} from {ckpt.directory}")
@@ -122,11 +125,15 @@ def _restore_or_init(model, tx, ckpt, shapes, abstract, shardings, run: RunConfi
         log.info(f"initialising params from {run.initial_checkpoint_path}")
         params = checkpoints.load_initial_params(run.initial_checkpoint_path, abstract["params"])
     else:
-        params = train_state.init_params(model, shapes, jax.random.PRNGKey(run.seed), shardings["params"])
+        params = train_state.init_params(
+            model, shapes, jax.random.PRNGKey(run.seed), shardings["params"]
+        )
     return train_state.init_state(params, tx, shardings), 0
 
 
-def _evaluate(eval_step, params, eval_batches, mesh: Mesh, batch_size: int) -> dict[str, dict[str, float]]:
+def _evaluate(
+    eval_step, params, eval_batches, mesh: Mesh, batch_size: int
+) -> dict[str, dict[str, float]]:
     results = {}
     for task, batches in eval_batches.items():
         sums = None
@@ -144,7 +151,9 @@ def _tokens_per_step(shapes: dict[str, tuple[int, int]]) -> int:
 
 def _validate(mesh: Mesh, data: DataConfig, step: StepConfig) -> None:
     if mesh.size != jax.device_count():
-        raise ValueError(f"mesh {dict(mesh.shape)} has {mesh.size} devices; there are {jax.device_count()}")
+        raise ValueError(
+            f"mesh {dict(mesh.shape)} has {mesh.size} devices; there are {jax.device_count()}"
+        )
     partitioning.validate_batch_size(data.batch_size, mesh, step.num_microbatches)
 
 
@@ -156,86 +165,133 @@ def train(
     optimizer_config: OptimizerConfig,
     checkpoint: CheckpointConfig,
     run: RunConfig,
-    step_config: StepConfig = StepConfig(),
+    step_config: StepConfig | None = None,
     mixture_or_task_module: str | None = None,
 ) -> dict[str, Any]:
     """Trains `model` to `run.train_steps`; returns the final state (params on the mesh)."""
+    step_config = step_config or StepConfig()
     if mixture_or_task_module:
         importlib.import_module(mixture_or_task_module)
     _validate(mesh, data, step_config)
     converter = model.feature_converter_cls(pack=data.pack)
     shapes = input_pipeline.model_input_shapes(data, converter)
-    tx, schedule = optimizer.make_optimizer(optimizer_config), optimizer.make_schedule(optimizer_config)
-    batches = input_pipeline.TrainIterator(input_pipeline.get_train_dataset(data, converter), mesh, data.batch_size)
+    tx = optimizer.make_optimizer(optimizer_config)
+    schedule = optimizer.make_schedule(optimizer_config)
+    dataset = input_pipeline.get_train_dataset(data, converter)
+    batches = input_pipeline.TrainIterator(dataset, mesh, data.batch_size)
     ckpt = checkpoints.Checkpointer(run.model_dir, checkpoint)
     eval_batches = {}
     if run.eval_period:
         eval_conv = model.feature_converter_cls(pack=False)
         names = input_pipeline.eval_task_names(data)
         eval_batches = {n: input_pipeline.load_eval_batches(data, eval_conv, n) for n in names}
-    watcher = PreemptionWatcher()
+    batch_sh, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
     with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
         abstract, shardings = train_state.state_shardings(model, tx, shapes, mesh)
         step_fn = jax.jit(
             train_state.make_train_step(model.loss_fn, tx, schedule, step_config, mesh),
-            in_shardings=(shardings, partitioning.batch_sharding(mesh)),
-            out_shardings=(shardings, partitioning.replicated(mesh)),
+            in_shardings=(shardings, batch_sh),
+            out_shardings=(shardings, repl),
             donate_argnums=0,
         )
+        batch_abstract = {
+            k: jax.ShapeDtypeStruct(v, np.int32, sharding=batch_sh) for k, v in shapes.items()
+        }
+        compiled = step_fn.lower(abstract, batch_abstract).compile()  # compiled once, here
         eval_step = jax.jit(
             train_state.make_eval_step(model.loss_fn),
-            in_shardings=(shardings["params"], partitioning.batch_sharding(mesh)),
-            out_shardings=partitioning.replicated(mesh),
+            in_shardings=(shardings["params"], batch_sh),
+            out_shardings=repl,
         )
-        batch_abstract = {
-            k: jax.ShapeDtypeStruct(v, np.int32, sharding=partitioning.batch_sharding(mesh)) for k, v in shapes.items()
-        }
-        compiled = step_fn.lower(abstract, batch_abstract).compile()
         log = metrics_log.MetricsLogger(
-            run.model_dir, total_steps=run.train_steps, flops_per_device_step=metrics_log.step_flops(compiled)
+            run.model_dir,
+            total_steps=run.train_steps,
+            flops_per_device_step=metrics_log.step_flops(compiled),
         )
-        state, step = _restore_or_init(model, tx, ckpt, shapes, abstract, shardings, run, batches.tf_iterator, log)
+        state, step = _restore_or_init(
+            model, tx, ckpt, shapes, abstract, shardings, run, batches.tf_iterator, log
+        )
+        loop = _Loop(
+            compiled=compiled,
+            batches=batches,
+            ckpt=ckpt,
+            log=log,
+            run=run,
+            checkpoint_period=checkpoint.period,
+            evaluate=lambda params: _evaluate(
+                eval_step, params, eval_batches, mesh, data.batch_size
+            ),
+            tokens_per_step=_tokens_per_step(shapes),
+        )
         try:
-            state = _loop(state, step, compiled, batches, ckpt, log, watcher, run, checkpoint, eval_step, eval_batches, mesh, data, shapes)  # fmt: skip
+            state = loop.run(state, step)
         finally:
-            watcher.close()
             ckpt.close()
             log.close()
     return state
 
 
-def _loop(state, step, compiled, batches, ckpt, log, watcher, run, checkpoint, eval_step, eval_batches, mesh, data, shapes):  # fmt: skip
-    """Steps from `step` to run.train_steps; checkpoints, evals and logs on their periods."""
-    window, last_ckpt = MetricsWindow(), ckpt.latest_step()
-    fingerprints = _FingerprintLog(run) if run.record_batch_fingerprints else None
-    tokens_per_step, t0 = _tokens_per_step(shapes), time.perf_counter()
-    while step < run.train_steps:
-        batch, local = next(batches)
-        if fingerprints:
-            fingerprints.write(step + 1, local)
-        state, metrics = compiled(state, batch)
-        step += 1
-        window.add(step, metrics)
-        stop = watcher.should_stop(step)
-        save = step % checkpoint.period == 0 or step == run.train_steps or stop
-        evaluate = bool(run.eval_period) and (step % run.eval_period == 0 or step == run.train_steps)
-        if save or evaluate or step % run.log_period == 0 or step == run.train_steps:
-            window.drain(last_ckpt)  # a NaN stops here, before any checkpoint of it
-        if window.num_steps and (step % run.log_period == 0 or step == run.train_steps or stop):
-            sums, n = window.pop()
-            seconds = time.perf_counter() - t0
-            summary = dict(train_state.summarize(sums, n), learning_rate=sums["learning_rate"])
-            log.log_train(step, summary, num_steps=n, seconds=seconds, tokens=tokens_per_step * n, target_tokens=sums["weight_sum"])  # fmt: skip
-            t0 = time.perf_counter()
-        if save:
-            ckpt.save(step, state, batches.tf_iterator)
-            last_ckpt = step
-        if evaluate:
-            log.log_eval(step, _evaluate(eval_step, state["params"], eval_batches, mesh, data.batch_size))
-        if stop:
-            log.info(f"SIGTERM: saved checkpoint at step {step}; exiting")
-            break
-    return state
+@dataclasses.dataclass(kw_only=True)
+class _Loop:
+    """The train loop's collaborators; `run` is the loop itself."""
+
+    compiled: Any
+    batches: input_pipeline.TrainIterator
+    ckpt: checkpoints.Checkpointer
+    log: metrics_log.MetricsLogger
+    run: RunConfig
+    checkpoint_period: int
+    evaluate: Any
+    tokens_per_step: int
+
+    def _log(self, step: int, window: MetricsWindow, seconds: float) -> None:
+        sums, n = window.pop()
+        summary = dict(train_state.summarize(sums, n), learning_rate=sums["learning_rate"])
+        summary["grad_norm"] = sums["grad_norm"] / n
+        tokens = self.tokens_per_step * n
+        self.log.log_train(
+            step,
+            summary,
+            num_steps=n,
+            seconds=seconds,
+            tokens=tokens,
+            target_tokens=sums["weight_sum"],
+        )
+
+    def run(self, state, step: int):
+        """Steps from `step` to TRAIN_STEPS; checkpoints, evals and logs on their periods."""
+        run, watcher = self.run, PreemptionWatcher()
+        window, last_ckpt = MetricsWindow(), self.ckpt.latest_step()
+        fingerprints = _FingerprintLog(run) if run.record_batch_fingerprints else None
+        t0 = time.perf_counter()
+        try:
+            while step < run.train_steps:
+                batch, local = next(self.batches)
+                if fingerprints:
+                    fingerprints.write(step + 1, local)
+                state, metrics = self.compiled(state, batch)  # async: no host sync here
+                step += 1
+                window.add(step, metrics)
+                stop, last = watcher.should_stop(step), step == run.train_steps
+                save = step % self.checkpoint_period == 0 or last or stop
+                evaluate = bool(run.eval_period) and (step % run.eval_period == 0 or last)
+                log = step % run.log_period == 0 or last or stop
+                if save or evaluate or log:
+                    window.drain(last_ckpt)  # a NaN stops here, before any checkpoint of it
+                if log and window.num_steps:
+                    self._log(step, window, time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                if save:
+                    self.ckpt.save(step, state, self.batches.tf_iterator)
+                    last_ckpt = step
+                if evaluate:
+                    self.log.log_eval(step, self.evaluate(state["params"]))
+                if stop:
+                    self.log.info(f"SIGTERM: saved checkpoint at step {step}; exiting")
+                    break
+        finally:
+            watcher.close()
+        return state
 
 
 class _FingerprintLog:
@@ -247,16 +303,17 @@ class _FingerprintLog:
         self._file = tf.io.gfile.GFile(path, "a")
 
     def write(self, step: int, local) -> None:
-        self._file.write(json.dumps({"step": step, "hash": input_pipeline.fingerprint(local)}) + "\n")
+        self._file.write(
+            json.dumps({"step": step, "hash": input_pipeline.fingerprint(local)}) + "\n"
+        )
         self._file.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`flan-jax train --gin_file=runs/finetune.gin --gin.MODEL_DIR=... ...`; returns the exit code."""
+    """`flan-jax train --gin_file=runs/finetune.gin --gin.MODEL_DIR=...`; returns the exit code."""
     import sys
 
     import gin
-
     from flan_jax import gin_flags
 
     argv = sys.argv[1:] if argv is None else argv
@@ -265,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = gin.query_parameter("%MODEL_DIR")
     gin_flags.write_config(model_dir, gin.config_str())
     try:
-        gin.get_configurable(train)()
+        # `python -m` runs this file as __main__: use the module gin registered
+        gin.get_configurable(importlib.import_module("flan_jax.train").train)()
     except FloatingPointError as e:
         print(f"flan-jax train: {e}", file=sys.stderr)
         return 1

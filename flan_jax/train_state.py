@@ -81,7 +81,7 @@ def init_params(model, input_shapes, rng, shardings) -> PyTree:
 
 
 def init_state(params, tx, shardings: TrainState) -> TrainState:
-    """Optimizer state under jit with out_shardings (a plain tx.init leaves `count` on one device)."""
+    """Optimizer state under jit with out_shardings (plain tx.init leaves `count` on one device)."""
     opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), shardings["step"])
     return {"step": step, "params": params, "opt_state": opt_state}
@@ -121,7 +121,9 @@ def grads_and_metrics(params, batch: Batch, loss_fn: Callable, config: StepConfi
     return grads, metrics
 
 
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule, config: StepConfig, mesh: Mesh):
+def make_train_step(
+    loss_fn: Callable, tx: optax.GradientTransformation, schedule, config: StepConfig, mesh: Mesh
+):
     """Pure `train_step(state, batch) -> (state, metrics)`; jit it with shardings and donation."""
 
     def train_step(state: TrainState, batch: Batch):
@@ -129,7 +131,9 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedul
         grads, metrics = grads_and_metrics(state["params"], batch, loss_fn, config, rng, mesh)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = dict(metrics, learning_rate=schedule(state["step"]), grad_norm=optax.global_norm(grads))
+        metrics = dict(
+            metrics, learning_rate=schedule(state["step"]), grad_norm=optax.global_norm(grads)
+        )
         return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, metrics
 
     return train_step

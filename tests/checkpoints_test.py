@@ -5,9 +5,9 @@ import numpy as np
 import optax
 import pytest
 import tensorflow as tf
+from partitioning_test import SHAPES, ToyModel
 
 from flan_jax import checkpoints, optimizer, partitioning, train_state
-from partitioning_test import SHAPES, ToyModel
 
 
 def _state(mesh):
@@ -18,7 +18,9 @@ def _state(mesh):
     state = train_state.init_state(params, tx, sh)
     # make the optimizer state non-trivial
     grads = jax.tree.map(lambda p: p * 0.5 + 0.1, params)
-    _, opt = jax.jit(tx.update, out_shardings=(sh["params"], sh["opt_state"]))(grads, state["opt_state"], params)
+    _, opt = jax.jit(tx.update, out_shardings=(sh["params"], sh["opt_state"]))(
+        grads, state["opt_state"], params
+    )
     return dict(state, opt_state=opt), abstract
 
 
@@ -38,7 +40,9 @@ def test_restore_equals_saved_on_another_mesh_with_iterator(tmp_path):
     it2 = iter(tf.data.Dataset.range(100).shuffle(10, seed=3).batch(2))
     restored = ckpt.restore(7, abstract, it2)
     assert [next(it2).numpy().tolist() for _ in range(3)] == expected_next
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), restored, state)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), restored, state
+    )
     assert restored["params"]["wi"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "model")
     assert restored["params"]["wi"].sharding.mesh.shape["fsdp"] == 8
     assert isinstance(restored["opt_state"][0], optax.FactoredState)
@@ -47,7 +51,9 @@ def test_restore_equals_saved_on_another_mesh_with_iterator(tmp_path):
 
 def test_keep_n_removes_old_checkpoints_and_iterators(tmp_path):
     state, _ = _state(partitioning.make_mesh((1, 1, 1), devices=jax.devices()[:1]))
-    ckpt = checkpoints.Checkpointer(str(tmp_path), checkpoints.CheckpointConfig(period=1, keep=2, async_save=False))
+    ckpt = checkpoints.Checkpointer(
+        str(tmp_path), checkpoints.CheckpointConfig(period=1, keep=2, async_save=False)
+    )
     it = iter(tf.data.Dataset.range(10))
     for step in (1, 2, 3, 4):
         ckpt.save(step, state, it)
@@ -64,7 +70,11 @@ def test_initial_params_from_model_dir_ignore_optimizer(tmp_path):
     _, abstract = _state(partitioning.make_mesh((2, 1, 4)))
     for path in (tmp_path, tmp_path / "checkpoints", tmp_path / "checkpoints" / "5"):
         params = checkpoints.load_initial_params(str(path), abstract["params"])
-        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, state["params"])
+        jax.tree.map(
+            lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+            params,
+            state["params"],
+        )
         assert params["wi"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "model")
 
 

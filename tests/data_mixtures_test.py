@@ -114,8 +114,8 @@ def segment_tags(tokens: np.ndarray, segments: np.ndarray) -> list[str]:
 @pytest.mark.parametrize(
     "converter, lengths, key",
     [
-        (seqio.EncDecFeatureConverter(pack=True), {"inputs": 16, "targets": 16}, "decoder"),
-        (seqio.DecoderFeatureConverter(pack=True), {"targets": 32}, "decoder"),
+        (seqio.EncDecFeatureConverter(pack=True), {"inputs": 64, "targets": 64}, "decoder"),
+        (seqio.DecoderFeatureConverter(pack=True), {"targets": 64}, "decoder"),
     ],
     ids=["encdec", "decoder"],
 )

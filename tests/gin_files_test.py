@@ -2,9 +2,9 @@
 
 import pathlib
 
-import gin
 import pytest
 
+import gin
 from flan_jax import gin_flags
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
@@ -21,7 +21,9 @@ ALL = sorted(str(p.relative_to(GIN_DIR)) for p in GIN_DIR.rglob("*.gin"))
 
 def _parse(files, bindings=()):
     gin.clear_config()
-    gin.parse_config_files_and_bindings([str(GIN_DIR / f) for f in files], list(bindings), finalize_config=False)
+    gin.parse_config_files_and_bindings(
+        [str(GIN_DIR / f) for f in files], list(bindings), finalize_config=False
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +35,9 @@ def _search_path():
 
 @pytest.mark.parametrize("name", ALL)
 def test_gin_file_parses_with_required_macros(name):
-    files = [name] if name.startswith(("models/", "test/tiny", "experiments/")) else [MODEL_GIN, name]
+    files = (
+        [name] if name.startswith(("models/", "test/tiny", "experiments/")) else [MODEL_GIN, name]
+    )
     required = gin_flags.required_macros(files, [str(GIN_DIR)])
     _parse(files, [f"{m} = {MACROS[m]}" for m in required])
     assert gin_flags.missing_macros(required) == []
@@ -43,20 +47,27 @@ def test_gin_file_parses_with_required_macros(name):
 
 def test_run_files_declare_t5x_macros():
     assert gin_flags.required_macros(["runs/finetune.gin"], [str(GIN_DIR)]) == list(MACROS)
-    assert gin_flags.required_macros(["runs/pretrain.gin"], [str(GIN_DIR)]) == list(MACROS)  # via include
+    assert gin_flags.required_macros(["runs/pretrain.gin"], [str(GIN_DIR)]) == list(
+        MACROS
+    )  # via include
     _parse([MODEL_GIN, "runs/pretrain.gin"], [f"{m} = {v}" for m, v in MACROS.items()])
     assert gin.query_parameter("%INITIAL_CHECKPOINT_PATH") is None  # pretrain overrides it
 
 
 def test_missing_macro_fails_naming_it(monkeypatch):
     argv = [f"--gin_file={MODEL_GIN}", "--gin_file=runs/finetune.gin", "--gin.MODEL_DIR='/tmp/x'"]
-    with pytest.raises(SystemExit, match=r"\['MIXTURE_OR_TASK_NAME', 'TASK_FEATURE_LENGTHS', 'TRAIN_STEPS', 'INITIAL_CHECKPOINT_PATH'\]"):
+    with pytest.raises(
+        SystemExit,
+        match=r"\['MIXTURE_OR_TASK_NAME', 'TASK_FEATURE_LENGTHS', 'TRAIN_STEPS', 'INITIAL_CHECKPOINT_PATH'\]",
+    ):
         gin_flags.parse(argv, "flan-jax train")
 
 
 def test_t5x_style_macro_flags_and_search_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # runs/finetune.gin is found in the shipped gin dir from anywhere
-    argv = [f"--gin_file={MODEL_GIN}", "--gin_file=runs/finetune.gin"] + [f"--gin.{k}={v}" for k, v in MACROS.items()]
+    argv = [f"--gin_file={MODEL_GIN}", "--gin_file=runs/finetune.gin"] + [
+        f"--gin.{k}={v}" for k, v in MACROS.items()
+    ]
     args = gin_flags.parse([*argv, "--gin.BATCH_SIZE=16"], "flan-jax train")
     assert args.gin_file == [MODEL_GIN, "runs/finetune.gin"]
     assert gin.query_parameter("%BATCH_SIZE") == 16

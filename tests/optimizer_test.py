@@ -4,15 +4,17 @@ import jax
 import numpy as np
 import optax
 import pytest
+from partitioning_test import SHAPES, ToyModel, toy_batch
 
 from flan_jax import optimizer, partitioning, train_state
-from partitioning_test import SHAPES, ToyModel, toy_batch
 
 
 def test_constant_and_rsqrt_schedules():
     const = optimizer.make_schedule(optimizer.OptimizerConfig(learning_rate=1e-3))
     assert [float(const(s)) for s in (0, 10, 1000)] == pytest.approx([1e-3] * 3)
-    rsqrt = optimizer.make_schedule(optimizer.OptimizerConfig(learning_rate=0.01, schedule="rsqrt", warmup_steps=100))
+    rsqrt = optimizer.make_schedule(
+        optimizer.OptimizerConfig(learning_rate=0.01, schedule="rsqrt", warmup_steps=100)
+    )
     got = [float(rsqrt(s)) for s in (0, 49, 99, 399, 9999)]
     assert got == pytest.approx([1e-4, 5e-3, 1e-2, 5e-3, 1e-3], rel=1e-6)
 
@@ -30,7 +32,9 @@ def test_adafactor_matches_optax_t5_defaults():
     params = {"w": np.linspace(-1, 1, 256 * 128, dtype=np.float32).reshape(256, 128)}
     grads = {"w": np.cos(params["w"])}
     ours = optimizer.make_optimizer(optimizer.OptimizerConfig(learning_rate=1e-2))
-    ref = optax.adafactor(1e-2, decay_rate=0.8, clipping_threshold=1.0, multiply_by_parameter_scale=True)
+    ref = optax.adafactor(
+        1e-2, decay_rate=0.8, clipping_threshold=1.0, multiply_by_parameter_scale=True
+    )
     u1, _ = ours.update(grads, ours.init(params), params)
     u2, _ = ref.update(grads, ref.init(params), params)
     np.testing.assert_allclose(u1["w"], u2["w"], rtol=1e-6)
@@ -38,7 +42,9 @@ def test_adafactor_matches_optax_t5_defaults():
 
 def test_global_norm_clip_bounds_update_input():
     tx = optimizer.make_optimizer(
-        optimizer.OptimizerConfig(global_norm_clip=0.5, multiply_by_parameter_scale=False, clipping_threshold=None)
+        optimizer.OptimizerConfig(
+            global_norm_clip=0.5, multiply_by_parameter_scale=False, clipping_threshold=None
+        )
     )
     params = {"w": np.ones((4,), np.float32)}
     state = tx.init(params)
@@ -53,16 +59,20 @@ def test_microbatched_grads_equal_full_batch(mesh_shape):
     devices = jax.devices()[: int(np.prod(mesh_shape))]
     mesh = partitioning.make_mesh(mesh_shape, devices=devices)
     model = ToyModel()
-    params = jax.jit(lambda r: train_state.nn.unbox(model.get_initial_variables(r, SHAPES)["params"]))(
-        jax.random.PRNGKey(0)
-    )
+    params = jax.jit(
+        lambda r: train_state.nn.unbox(model.get_initial_variables(r, SHAPES)["params"])
+    )(jax.random.PRNGKey(0))
     batch = toy_batch()
 
     def grads(n):
         cfg = train_state.StepConfig(num_microbatches=n)
-        fn = jax.jit(lambda p, b: train_state.grads_and_metrics(p, b, model.loss_fn, cfg, None, mesh))
+        fn = jax.jit(
+            lambda p, b: train_state.grads_and_metrics(p, b, model.loss_fn, cfg, None, mesh)
+        )
         with jax.set_mesh(mesh), train_state.nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
-            return jax.device_get(fn(params, jax.device_put(batch, partitioning.batch_sharding(mesh))))
+            return jax.device_get(
+                fn(params, jax.device_put(batch, partitioning.batch_sharding(mesh)))
+            )
 
     full_g, full_m = grads(1)
     for n in (2, 4):

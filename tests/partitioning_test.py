@@ -21,12 +21,24 @@ class ToyNet(nn.Module):
     @nn.compact
     def __call__(self, tokens, deterministic=True):
         init = nn.initializers.normal(0.05)
-        emb = self.param("embedding", nn.with_logical_partitioning(init, ("vocab", "embed")), (self.vocab, self.embed))
-        wi = self.param("wi", nn.with_logical_partitioning(init, ("embed", "mlp")), (self.embed, self.mlp))
-        wo = self.param("wo", nn.with_logical_partitioning(init, ("mlp", "vocab")), (self.mlp, self.vocab))
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (self.embed,))
+        emb = self.param(
+            "embedding",
+            nn.with_logical_partitioning(init, ("vocab", "embed")),
+            (self.vocab, self.embed),
+        )
+        wi = self.param(
+            "wi", nn.with_logical_partitioning(init, ("embed", "mlp")), (self.embed, self.mlp)
+        )
+        wo = self.param(
+            "wo", nn.with_logical_partitioning(init, ("mlp", "vocab")), (self.mlp, self.vocab)
+        )
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (self.embed,)
+        )
         x = jnp.take(emb, tokens, axis=0).astype(jnp.float32) * scale
-        x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
+        x = nn.with_logical_constraint(
+            x, ("activation_batch", "activation_length", "activation_embed")
+        )
         h = nn.relu(x @ wi)
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         return h @ wo
@@ -45,7 +57,9 @@ class ToyModel:
     def loss_fn(self, params, batch, dropout_rng):
         det = dropout_rng is None
         rngs = None if det else {"dropout": dropout_rng}
-        logits = self.net.apply({"params": params}, batch["decoder_input_tokens"], deterministic=det, rngs=rngs)
+        logits = self.net.apply(
+            {"params": params}, batch["decoder_input_tokens"], deterministic=det, rngs=rngs
+        )
         logits = logits.astype(jnp.float32)
         targets = batch["decoder_target_tokens"]
         w = batch["decoder_loss_weights"].astype(jnp.float32)
@@ -88,7 +102,10 @@ def test_golden_param_and_adafactor_state_shardings():
         "wo": P(None, "model"),
         "scale": P(None),
     }
-    flat = {jax.tree_util.keystr(p): s.spec for p, s in jax.tree_util.tree_flatten_with_path(sh["opt_state"])[0]}
+    flat = {
+        jax.tree_util.keystr(p): s.spec
+        for p, s in jax.tree_util.tree_flatten_with_path(sh["opt_state"])[0]
+    }
     # factored statistics (rank 1) are replicated; the full `v` of the 1-D scale is replicated too
     assert flat == {
         "[0].count": P(),
@@ -102,8 +119,14 @@ def test_golden_param_and_adafactor_state_shardings():
 
 def test_opt_state_takes_param_spec_when_shapes_match():
     mesh = partitioning.make_mesh((1, 8, 1))
-    params = {"a": jax.ShapeDtypeStruct((8, 16), jnp.float32), "b": jax.ShapeDtypeStruct((4,), jnp.float32)}
-    psh = {"a": jax.sharding.NamedSharding(mesh, P("fsdp", None)), "b": partitioning.replicated(mesh)}
+    params = {
+        "a": jax.ShapeDtypeStruct((8, 16), jnp.float32),
+        "b": jax.ShapeDtypeStruct((4,), jnp.float32),
+    }
+    psh = {
+        "a": jax.sharding.NamedSharding(mesh, P("fsdp", None)),
+        "b": partitioning.replicated(mesh),
+    }
     opt = jax.eval_shape(optimizer.optax.adam(1e-3).init, params)
     osh = partitioning.opt_state_shardings(opt, params, psh, mesh)
     assert osh[0].mu["a"].spec == P("fsdp", None)
@@ -137,7 +160,9 @@ def run_steps(mesh, num_steps=3, num_microbatches=1, dropout_rate=0.0):
         params = train_state.init_params(model, SHAPES, jax.random.PRNGKey(0), sh["params"])
         state = train_state.init_state(params, tx, sh)
         step = jax.jit(
-            train_state.make_train_step(model.loss_fn, tx, optimizer.make_schedule(cfg), step_cfg, mesh),
+            train_state.make_train_step(
+                model.loss_fn, tx, optimizer.make_schedule(cfg), step_cfg, mesh
+            ),
             in_shardings=(sh, partitioning.batch_sharding(mesh)),
             out_shardings=(sh, partitioning.replicated(mesh)),
             donate_argnums=0,
@@ -155,5 +180,7 @@ def test_sharded_equals_single_device(shape):
     ref_losses, ref_params = run_steps(partitioning.make_mesh((1, 1, 1), devices=jax.devices()[:1]))
     losses, params = run_steps(partitioning.make_mesh(shape))
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params, ref_params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params, ref_params
+    )
     assert losses[-1] < losses[0]

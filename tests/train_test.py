@@ -6,10 +6,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
-import pytest
 import seqio
 import tensorflow as tf
 
@@ -53,25 +51,35 @@ def install_nan_injection(at_step: int) -> None:
 
     from flan_jax import input_pipeline, models
 
-    loss_fn, next_batch, count = models.BaseModel.loss_fn, input_pipeline.TrainIterator.__next__, [0]
+    loss_fn, next_batch, count = (
+        models.BaseModel.loss_fn,
+        input_pipeline.TrainIterator.__next__,
+        [0],
+    )
 
     def poisoned_loss(self, params, batch, rng):
         loss, metrics = loss_fn(self, params, batch, rng)
         bad = jnp.any(batch["decoder_target_tokens"] == POISON)
-        return jnp.where(bad, jnp.nan, loss), dict(metrics, loss=jnp.where(bad, jnp.nan, metrics["loss"]))
+        return jnp.where(bad, jnp.nan, loss), dict(
+            metrics, loss=jnp.where(bad, jnp.nan, metrics["loss"])
+        )
 
     def poisoned_next(self):
         count[0] += 1
         batch, local = next_batch(self)
         if count[0] == at_step:
-            local = dict(local, decoder_target_tokens=np.full_like(local["decoder_target_tokens"], POISON))
+            local = dict(
+                local, decoder_target_tokens=np.full_like(local["decoder_target_tokens"], POISON)
+            )
             batch = input_pipeline.make_global_batch(local, self.mesh, self.global_batch_size)
         return batch, local
 
     models.BaseModel.loss_fn, input_pipeline.TrainIterator.__next__ = poisoned_loss, poisoned_next
 
 
-def run_trainer(model_dir, *bindings, model_gin="test/tiny_t5.gin", wait=True, env_extra=None, steps=12):
+def run_trainer(
+    model_dir, *bindings, model_gin="test/tiny_t5.gin", wait=True, env_extra=None, steps=12
+):
     """`python -m flan_jax.train`-equivalent in a subprocess with 4 fake devices."""
     code = (
         "import sys; sys.path.insert(0, %r); import train_test; train_test.register_test_task(); "
@@ -94,7 +102,9 @@ def run_trainer(model_dir, *bindings, model_gin="test/tiny_t5.gin", wait=True, e
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )
     env.update(env_extra or {})
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     if not wait:
         return proc
     out, _ = proc.communicate(timeout=300)
@@ -133,7 +143,10 @@ def test_train_writes_model_dir_and_loss_falls(tmp_path_factory):
     config = open(os.path.join(d, "config.gin")).read()
     assert "train_steps = %TRAIN_STEPS" in config or "TRAIN_STEPS = 12" in config
     assert os.listdir(os.path.join(d, "tensorboard"))
-    assert sorted(int(s) for s in os.listdir(os.path.join(d, "checkpoints")) if s.isdigit()) == [8, 12]
+    assert sorted(int(s) for s in os.listdir(os.path.join(d, "checkpoints")) if s.isdigit()) == [
+        8,
+        12,
+    ]
 
 
 def test_exact_resume_after_sigkill(tmp_path_factory, tmp_path):
@@ -157,7 +170,10 @@ def test_exact_resume_after_sigkill(tmp_path_factory, tmp_path):
     import jax
 
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), resumed, full)
-    ref = {r["step"]: r["hash"] for r in read_jsonl(os.path.join(full_dir, "batches", "process_0.jsonl"))}
+    ref = {
+        r["step"]: r["hash"]
+        for r in read_jsonl(os.path.join(full_dir, "batches", "process_0.jsonl"))
+    }
     seen = read_jsonl(os.path.join(d, "batches", "process_0.jsonl"))
     restart = [r["step"] for r in seen].index(5, 1)  # the restarted run's first step
     assert [r["step"] for r in seen[restart:]] == list(range(5, 13))

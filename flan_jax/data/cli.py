@@ -13,23 +13,26 @@ from flan_jax.data import formats, stats, tasks
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flan-jax", description=__doc__)
-    parser.add_argument(
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
         "--specs",
         action="append",
         default=[],
-        help="also register the task/mixture YAMLs of this folder",
+        help="also register the task/mixture YAMLs of this folder (repeatable)",
     )
     sub = parser.add_subparsers(dest="group", required=True)
     task_cmd = sub.add_parser("tasks").add_subparsers(dest="command", required=True)
-    listing = task_cmd.add_parser("list", help="registered tasks")
+    listing = task_cmd.add_parser("list", parents=[common], help="registered tasks")
     listing.add_argument("--cluster", help="only tasks of this cluster")
-    show = task_cmd.add_parser("show", help="rendered examples of a task")
+    show = task_cmd.add_parser("show", parents=[common], help="rendered examples of a task")
     show.add_argument("name", help="a task base name or variant (name_format)")
     show.add_argument("--format", choices=formats.FORMATS)
     show.add_argument("-n", type=int, default=3, help="number of examples")
     show.add_argument("--split", default="validation")
     mix = sub.add_parser("mixture").add_subparsers(dest="command", required=True)
-    mix_stats = mix.add_parser("stats", help="per-task rates, shares and token lengths")
+    mix_stats = mix.add_parser(
+        "stats", parents=[common], help="per-task rates, shares and token lengths"
+    )
     mix_stats.add_argument("name")
     mix_stats.add_argument("--feature_lengths", default="inputs=512,targets=128")
     mix_stats.add_argument("--split", default="train")
@@ -38,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def parse_lengths(text: str) -> dict[str, int]:
-    """ "inputs=512,targets=128" -> {"inputs": 512, "targets": 128}."""
+    """Parses `inputs=512,targets=128` into {"inputs": 512, "targets": 128}."""
     try:
         pairs = [item.split("=") for item in text.split(",") if item]
         return {k.strip(): int(v) for k, v in pairs}

@@ -270,24 +270,29 @@ class PackingConfig:
 
 
 def make_feature_converter(
-    base_cls: type[seqio.FeatureConverter], *, pack: bool = True, config: PackingConfig = PackingConfig()
+    base_cls: type[seqio.FeatureConverter],
+    *,
+    pack: bool = True,
+    config: PackingConfig = PackingConfig(),
+    **kwargs,
 ) -> seqio.FeatureConverter:
     """The model's converter (`model.feature_converter_cls`), packed as `config` says.
 
     `make_feature_converter(seqio.EncDecFeatureConverter, pack=True)` is a
     `BestFitEncDecFeatureConverter(pack=True, buffer_size=1000)`; unpacked converters and
-    `method="greedy"` give `base_cls(pack=pack)` unchanged.
+    `method="greedy"` give `base_cls(pack=pack)` unchanged. `kwargs` go to the converter
+    (e.g. `apply_length_check=False`, `bos_id=0`).
     """
-    if config.method == "greedy" or not pack or issubclass(base_cls, (_BestFitPacking,)):
-        return base_cls(pack=pack)
-    if base_cls is BestFitDecoderFeatureConverter:
-        return base_cls(pack=pack, buffer_size=config.buffer_size)
+    if config.method == "greedy" or not pack:
+        return base_cls(pack=pack, **kwargs)
+    if issubclass(base_cls, (_BestFitPacking, BestFitDecoderFeatureConverter)):
+        return base_cls(pack=pack, buffer_size=config.buffer_size, **kwargs)
     if base_cls not in _BEST_FIT:
         raise ValueError(
             f"no best-fit version of {base_cls.__name__}; supported: "
             f"{sorted(c.__name__ for c in _BEST_FIT)}; or use PackingConfig(method='greedy')"
         )
-    return _BEST_FIT[base_cls](pack=pack, buffer_size=config.buffer_size)
+    return _BEST_FIT[base_cls](pack=pack, buffer_size=config.buffer_size, **kwargs)
 
 
 def pack_dataset(
@@ -298,6 +303,9 @@ def pack_dataset(
     kind: str = "enc_dec",
 ) -> tf.data.Dataset:
     """Packs tokenized task examples into model rows: best fit, then seqio's conversion.
+
+    Sequences longer than `feature_lengths` are truncated (seqio's converters would reject
+    them: they expect the task to have trimmed them already).
 
     Args:
       ds: tokenized examples (`inputs`, `targets`), e.g. `mixture.get_dataset(...)`.
@@ -312,7 +320,8 @@ def pack_dataset(
     """
     if kind not in _BY_KIND:
         raise ValueError(f"kind {kind!r} is not one of {KINDS}")
-    return _BY_KIND[kind](pack=True, buffer_size=buffer_size)(ds, feature_lengths)
+    converter = _BY_KIND[kind](pack=True, buffer_size=buffer_size, apply_length_check=False)
+    return converter(ds, feature_lengths)
 
 
 def count_tokens(rows, keys: tuple[str, ...]) -> dict[str, tuple[int, int]]:

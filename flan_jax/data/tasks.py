@@ -184,10 +184,26 @@ def load_task_spec(spec: str | pathlib.Path | Mapping[str, Any]) -> TaskSpec:
         raise ValueError(f"{where}: missing required key {missing[0]!r}")
     data = dict(data)
     data.setdefault("base_dir", base_dir)
+    data["source"] = _relative_to(data["source"], data["base_dir"])
     try:
         return TaskSpec(**data)
     except (TypeError, ValueError, FileNotFoundError) as e:
         raise type(e)(f"{where}: {e}") from None
+
+
+def _relative_to(source: Any, base_dir: str | None) -> Any:
+    """File paths in a spec's source that are relative resolve against the spec's folder."""
+    if not base_dir or not isinstance(source, Mapping):
+        return source
+    if source.get("type") not in sources.FILE_TYPES or not isinstance(
+        source.get("splits"), Mapping
+    ):
+        return source
+    splits = {
+        split: path if path.startswith(("$", "/", "~")) else str(pathlib.Path(base_dir) / path)
+        for split, path in source["splits"].items()
+    }
+    return dict(source, splits=splits)
 
 
 # ---------------------------------------------------------------------------------- examples
@@ -346,11 +362,11 @@ def _rendered_dataset(split: str, shuffle_files: bool = False, seed=None, *, spe
     for k, sig in signature.items():
         if k in _LIST_KEYS:
             tensors[k] = tf.RaggedTensor.from_row_lengths(
-                tf.constant([x for row in columns[k] for x in row], tf.string, [None]),
+                tf.reshape(tf.constant([x for row in columns[k] for x in row], tf.string), [-1]),
                 tf.constant([len(row) for row in columns[k]], tf.int64),
             )
         else:
-            tensors[k] = tf.constant(columns[k], sig.dtype, [len(columns[k])])
+            tensors[k] = tf.reshape(tf.constant(columns[k], sig.dtype), [len(columns[k])])
     ds = tf.data.Dataset.from_tensor_slices(tensors)
     dense = lambda ex: {k: tf.reshape(v, [-1]) if k in _LIST_KEYS else v for k, v in ex.items()}
     return ds.map(dense)
