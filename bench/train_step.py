@@ -76,12 +76,20 @@ def bench_config(config: str, mesh, steps: int, batch_size: int, inputs: int, ta
         params = train_state.init_params(model, shapes, jax.random.PRNGKey(0), sh["params"])
         state = train_state.init_state(params, tx, sh)
         bsh = partitioning.batch_sharding(mesh)
+        step_fn = train_state.make_train_step(
+            model.loss_fn, tx, optimizer.make_schedule(cfg), train_state.StepConfig(), mesh
+        )
         step = jax.jit(
-            train_state.make_train_step(model.loss_fn, tx, optimizer.make_schedule(cfg), train_state.StepConfig(), mesh),
-            in_shardings=(sh, bsh), out_shardings=(sh, partitioning.replicated(mesh)), donate_argnums=0,
-        )  # fmt: skip
+            step_fn,
+            in_shardings=(sh, bsh),
+            out_shardings=(sh, partitioning.replicated(mesh)),
+            donate_argnums=0,
+        )
+        batch_abstract = {
+            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh) for k, v in batch.items()
+        }
         t = time.perf_counter()
-        compiled = step.lower(abstract, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=bsh), batch)).compile()  # fmt: skip
+        compiled = step.lower(abstract, batch_abstract).compile()
         compile_s = time.perf_counter() - t
         gbatch = jax.device_put(batch, bsh)
         state, m = compiled(state, gbatch)
@@ -113,19 +121,17 @@ def main() -> None:
     args = p.parse_args()
     mesh = partitioning.make_mesh((-1, 1, 1))
     peak = matmul_peak_flops()
-    print(
-        f"device {jax.devices()[0].device_kind} x{jax.device_count()}, matmul peak {peak / 1e9:.1f} GFLOP/s/device"
-    )
-    print(
-        f"{'config':22s} {'params(M)':>9s} {'compile(s)':>10s} {'steps/s':>8s} {'tgt tok/s':>10s} {'GFLOP/s/dev':>11s} {'of peak':>7s}"
-    )
+    kind = jax.devices()[0].device_kind
+    print(f"device {kind} x{jax.device_count()}, matmul peak {peak / 1e9:.1f} GFLOP/s/device")
+    columns = ("params(M)", "compile(s)", "steps/s", "tgt tok/s", "GFLOP/s/dev", "of peak")
+    print(f"{'config':22s} " + " ".join(f"{c:>11s}" for c in columns))
     os.makedirs("bench/results", exist_ok=True)
     for config in args.configs.split(","):
         r = bench_config(config, mesh, args.steps, args.batch_size, args.inputs, args.targets)
         f = r["flops_per_s_per_device"]
         print(
-            f"{config:22s} {r['params_m']:9.2f} {r['compile_s']:10.1f} {r['steps_per_s']:8.2f} "
-            f"{r['target_tokens_per_s']:10.0f} {(f or 0) / 1e9:11.2f} {(f or 0) / peak:7.1%}"
+            f"{config:22s} {r['params_m']:11.2f} {r['compile_s']:11.1f} {r['steps_per_s']:11.2f} "
+            f"{r['target_tokens_per_s']:11.0f} {(f or 0) / 1e9:11.2f} {(f or 0) / peak:11.1%}"
         )
         r.update(
             matmul_peak_flops_per_s=peak,

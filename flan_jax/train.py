@@ -224,7 +224,7 @@ def train(
             tokens_per_step=_tokens_per_step(shapes),
         )
         try:
-            state = loop.run(state, step)
+            state = loop.run_from(state, step)
         finally:
             ckpt.close()
             log.close()
@@ -258,7 +258,7 @@ class _Loop:
             target_tokens=sums["weight_sum"],
         )
 
-    def run(self, state, step: int):
+    def run_from(self, state, step: int):
         """Steps from `step` to TRAIN_STEPS; checkpoints, evals and logs on their periods."""
         run, watcher = self.run, PreemptionWatcher()
         window, last_ckpt = MetricsWindow(), self.ckpt.latest_step()

@@ -82,15 +82,17 @@ def run_trainer(
 ):
     """`python -m flan_jax.train`-equivalent in a subprocess with 4 fake devices."""
     code = (
-        "import sys; sys.path.insert(0, %r); import train_test; train_test.register_test_task(); "
+        f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import train_test; "
+        "train_test.register_test_task(); "
         "import os; n = os.environ.get('FLAN_JAX_TEST_NAN_AT_STEP'); "
         "n and train_test.install_nan_injection(int(n)); "
-        "from flan_jax import train; sys.exit(train.main(sys.argv[1:]))" % os.path.dirname(__file__)
+        "from flan_jax import train; sys.exit(train.main(sys.argv[1:]))"
     )
     argv = [
         sys.executable, "-c", code,
         f"--gin_file={model_gin}", "--gin_file=runs/finetune.gin", "--gin_file=test/train_fast.gin",
-        f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'", f"--gin.TRAIN_STEPS={steps}",
+        f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
+        f"--gin.TRAIN_STEPS={steps}",
         *bindings,
     ]  # fmt: skip
     env = dict(
@@ -98,7 +100,7 @@ def run_trainer(
         XLA_FLAGS="--xla_force_host_platform_device_count=4",
         JAX_PLATFORMS="cpu",
         # runs share compiled steps through the persistent cache (compile dominates here)
-        JAX_COMPILATION_CACHE_DIR=os.path.join(str(model_dir), "..", "..", "jax_cache"),
+        JAX_COMPILATION_CACHE_DIR=os.path.join(tempfile.gettempdir(), "flan_jax_train_test_jit"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     )
     env.update(env_extra or {})
