@@ -33,7 +33,9 @@ def best_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) -> fl
     return best
 
 
-def matmul_peak_flops(*, size: int = 2048, dtype: str = "float32", repeats: int = 5) -> dict[str, Any]:
+def matmul_peak_flops(
+    *, size: int = 2048, dtype: str = "float32", repeats: int = 5
+) -> dict[str, Any]:
     """Measured FLOP/s of a jitted `jnp.dot` of two [size, size] matrices on the default device.
 
     A square matmul is the most efficient op XLA runs, so it is the practical ceiling for a
@@ -104,9 +106,9 @@ def environment() -> dict[str, Any]:
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     """A plain-text table; floats get 4 significant digits.
 
-        name   | ex/s
-        -------+------
-        greedy | 3012
+    name   | ex/s
+    -------+------
+    greedy | 3012
     """
     if not rows:
         return "(no rows)"
@@ -125,12 +127,16 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     return "\n".join(lines)
 
 
-def print_table(title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
+def print_table(
+    title: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
+) -> None:
     print(f"\n## {title}\n")
     print(format_table(rows, columns), flush=True)
 
 
-def append_result(name: str, record: Mapping[str, Any], *, results_dir: pathlib.Path = RESULTS_DIR) -> pathlib.Path:
+def append_result(
+    name: str, record: Mapping[str, Any], *, results_dir: pathlib.Path = RESULTS_DIR
+) -> pathlib.Path:
     """Appends one JSON line (record + time + environment) to `results_dir/<name>.jsonl`."""
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{name}.jsonl"

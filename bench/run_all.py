@@ -33,8 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only or names:
         print(f"\n# bench.{name}", flush=True)
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", f"bench.{name}"], cwd=BENCH_DIR.parent, check=False)
-        print(f"# bench.{name}: exit {proc.returncode} in {time.perf_counter() - start:.0f} s", flush=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", f"bench.{name}"], cwd=BENCH_DIR.parent, check=False
+        )
+        print(
+            f"# bench.{name}: exit {proc.returncode} in {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
         if proc.returncode:
             failed.append(name)
     if failed:

@@ -1,14 +1,17 @@
 """Evaluation: rank classification and generation over seqio tasks, per-task and per-cluster.
 
 `evaluate_tasks` / `run_evaluation` are the library entries; `write_results` writes
-MODEL_DIR/eval/<step>/<task>.jsonl, metrics.jsonl and TensorBoard scalars.
+MODEL_DIR/eval/<step>/<task>.jsonl, metrics.jsonl and TensorBoard scalars;
+`evaluate_checkpoint` / `main` are `flan-jax eval` (gin/runs/eval.gin).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +30,7 @@ from flan_jax.infer import (
     load_examples,
     place_params,
     rank_classify,
+    restore_params,
     score_rows,
 )
 
@@ -328,3 +332,64 @@ def write_results(model_dir: str, step: int, results: dict[str, TaskResult]) -> 
         f.write(json.dumps({"step": step, **scalars}) + "\n")
     write_scalars(os.path.join(model_dir, "eval"), scalars, step)
     return scalars
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def evaluate_checkpoint(
+    *,
+    model: Model,
+    checkpoint_path: str,
+    mixture_or_task_name: str,
+    model_dir: str,
+    feature_lengths: dict[str, int],
+    split: str = "validation",
+    config: EvalConfig = EvalConfig(),
+    mesh: Mesh | None = None,
+    mixture_or_task_module: str | None = None,
+) -> dict[str, float]:
+    """Restores `checkpoint_path`, evaluates every task of the mixture, writes and prints results.
+
+    Outputs go under `model_dir` (see `write_results`), at the checkpoint's step.
+
+    Returns:
+      the scalars written (`eval/<task>/<metric>`, `eval_cluster/<cluster>/<metric>`).
+    """
+    if mixture_or_task_module:
+        importlib.import_module(mixture_or_task_module)
+    params, step = restore_params(model, checkpoint_path, mesh)
+    results = run_evaluation(
+        model,
+        params,
+        [mixture_or_task_name],
+        split=split,
+        feature_lengths=feature_lengths,
+        config=config,
+        mesh=mesh,
+    )
+    scalars = write_results(model_dir, step, results) if jax.process_index() == 0 else {}
+    print(f"step {step}: {checkpoint_path}")
+    print(format_table({n: r.metrics for n, r in results.items()}))
+    print()
+    print(format_table(cluster_metrics(results), first_column="cluster"))
+    return scalars
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`flan-jax eval --gin_file=models/... --gin_file=runs/eval.gin --gin.CHECKPOINT_PATH=...
+    --gin.MIXTURE_OR_TASK_NAME=... --gin.MODEL_DIR=...`; returns the exit code."""
+    import gin
+    from flan_jax import gin_flags
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    gin.clear_config()
+    args = gin_flags.parse(argv, "flan-jax eval")
+    gin_flags.initialize_distributed(args)
+    # `python -m` runs this file as __main__: use the module gin registered
+    gin.get_configurable(importlib.import_module("flan_jax.evaluate").evaluate_checkpoint)()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

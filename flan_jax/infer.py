@@ -1,22 +1,36 @@
-"""Inference: batched scoring and decoding of token rows (rank classification, generation).
+"""Inference: batched scoring and decoding of token rows, checkpoint restore, `flan-jax infer`.
 
-The batching layer under flan_jax.evaluate (and the future `flan-jax infer` entry point).
+The batching layer under flan_jax.evaluate and flan_jax.generate, and the `infer` entry point:
+predictions or scores for a task or a JSONL file of `{"inputs": ...}` lines, JSONL out.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
 import functools
+import importlib
+import json
+import os
+import re
+import sys
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from flan_jax import checkpoints, partitioning
+from flan_jax.data import vocab as vocab_lib
 from flan_jax.decoding import DecodeConfig
 from flan_jax.partitioning import logical_to_mesh_spec
+
+MODES = ("predict", "score")
 
 Batch = dict[str, np.ndarray]
 
@@ -234,3 +248,250 @@ def generate(
             tokens = tokens[:, 0]
         texts.extend(decode_tokens(row, vocab) for row in tokens[:n])
     return texts
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_step(path: str) -> int:
+    """The training step of a checkpoint path, for naming eval outputs.
+
+    `.../checkpoints/N` or T5X's `checkpoint_N` give N; a flan_jax MODEL_DIR (or its
+    `checkpoints/` dir) gives its latest step; converted / HF checkpoints give 0.
+    """
+    path = os.path.expanduser(path).rstrip("/")
+    if os.path.basename(path) == "default":  # the orbax item dir inside a step dir
+        path = os.path.dirname(path)
+    m = re.fullmatch(r"(?:checkpoint_)?(\d+)", os.path.basename(path))
+    if m:
+        return int(m.group(1))
+    for root in (os.path.join(path, "checkpoints"), path):
+        if tf.io.gfile.isdir(root):
+            steps = [
+                int(n.rstrip("/")) for n in tf.io.gfile.listdir(root) if n.rstrip("/").isdigit()
+            ]
+            if steps:
+                return max(steps)
+    return 0
+
+
+def restore_params(model: Any, path: str, mesh: Mesh | None = None) -> tuple[Any, int]:
+    """Parameters of `model` from a checkpoint, and its step.
+
+    Args:
+      model: an EncoderDecoderModel / DecoderOnlyModel (its config must match the checkpoint).
+      path: a flan_jax MODEL_DIR, checkpoints dir or step dir (the latest step is used), or a
+        converted / Hugging Face / T5X checkpoint (`flan_jax.convert.load_params`).
+      mesh: place parameters with the model's logical shardings on it (None: one device).
+
+    Returns:
+      (params, step): unboxed params on `mesh` (or the first device) and `checkpoint_step`.
+    """
+    shapes = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
+    if mesh is None:
+        device = SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, model.param_shapes(shapes))
+    else:
+        boxed = jax.eval_shape(lambda r: model.get_initial_variables(r, shapes), jax.random.key(0))[
+            "params"
+        ]
+        shardings = partitioning.params_shardings(boxed, mesh)
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        model.param_shapes(shapes),
+        shardings,
+    )
+    params = checkpoints.load_initial_params(os.path.expanduser(path), abstract)
+    return nn.unbox(params), checkpoint_step(path)
+
+
+# ----------------------------------------------------------------------------- infer entry
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InferConfig:
+    """How `run_inference` batches, decodes and scores.
+
+    Attributes:
+      split: the task split to read (task inputs only).
+      batch_size: model batch; must divide by the mesh's data*fsdp.
+      max_examples: at most this many examples (None: all).
+      length_normalize: `score` mode gives the mean instead of the summed log-likelihood.
+      decode: decoding of `predict` mode (greedy by default; the best decode is written).
+      seed: seed of the sampling rng.
+    """
+
+    split: str = "validation"
+    batch_size: int = 8
+    max_examples: int | None = None
+    length_normalize: bool = False
+    decode: DecodeConfig = DecodeConfig()
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"InferConfig.batch_size is {self.batch_size}; it must be >= 1")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"InferConfig.max_examples is {self.max_examples}; use None or >= 1")
+
+
+def encode_text(text: str, vocab: seqio.Vocabulary, length: int) -> list[int]:
+    """Token ids of `text` trimmed to `length - 1`, then EOS (seqio's append_eos_after_trim)."""
+    return list(vocab.encode(text))[: length - 1] + [vocab.eos_id]
+
+
+def read_jsonl_inputs(path: str, *, need_targets: bool) -> list[dict[str, str]]:
+    """`{"inputs": str[, "targets": str]}` lines of a JSONL file (blank lines skipped).
+
+    Raises:
+      ValueError naming the file and line of a line that is not such an object.
+    """
+    rows = []
+    with tf.io.gfile.GFile(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not JSON ({e}); write one object a line") from e
+            keys = ("inputs", "targets") if need_targets else ("inputs",)
+            bad = [k for k in keys if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+            if bad:
+                raise ValueError(
+                    f"{path}:{number}: {line.strip()[:80]!r} lacks string field(s) {bad}; expected "
+                    '{"inputs": "...", "targets": "..."} (targets needed by --mode score)'
+                )
+            rows.append({k: row[k] for k in ("inputs", "targets") if k in row})
+    return rows
+
+
+def _file_rows(path, vocab, feature_lengths, config, mode):
+    texts = read_jsonl_inputs(path, need_targets=mode == "score")[: config.max_examples]
+    return [
+        {
+            "inputs": encode_text(t["inputs"], vocab, feature_lengths["inputs"]),
+            "targets": encode_text(t["targets"], vocab, feature_lengths["targets"])
+            if "targets" in t
+            else [vocab.eos_id],
+            "input": t["inputs"],
+            **({"target": t["targets"]} if "targets" in t else {}),
+        }
+        for t in texts
+    ]
+
+
+def _task_rows(name, feature_lengths, config):
+    task = seqio.get_mixture_or_task(name)
+    examples = load_examples(task, config.split, feature_lengths, config.max_examples)
+    rows = [
+        {
+            "inputs": ex["inputs"],
+            "targets": ex["targets"],
+            "input": as_text(ex["inputs_pretokenized"]),
+            "target": as_text(ex["targets_pretokenized"]),
+        }
+        for ex in examples
+    ]
+    return rows, task.output_features["targets"].vocabulary
+
+
+def infer_rows(model, params, rows, vocab, feature_lengths, config, *, mode, mesh=None):
+    """Records `{input[, target], prediction | score}` for token rows, in order."""
+    if mode == "score":
+        values = score_rows(
+            model, params, rows, feature_lengths, batch_size=config.batch_size, mesh=mesh,
+            length_normalize=config.length_normalize,
+        )  # fmt: skip
+        outputs = [{"score": float(v)} for v in values]
+    else:
+        rng = jax.random.key(config.seed)
+        texts = generate(
+            model, params, rows, vocab, feature_lengths, config.decode,
+            batch_size=config.batch_size, mesh=mesh, rng=rng,
+        )  # fmt: skip
+        outputs = [{"prediction": t} for t in texts]
+    keep = ("input", "target")
+    return [{**{k: r[k] for k in keep if k in r}, **o} for r, o in zip(rows, outputs)]
+
+
+def run_inference(
+    *,
+    model: Any,
+    checkpoint_path: str,
+    feature_lengths: dict[str, int],
+    mixture_or_task_name: str | None = None,
+    input_file: str | None = None,
+    output_file: str = "-",
+    mode: str = "predict",
+    config: InferConfig = InferConfig(),
+    vocabulary: str = "t5",
+    mesh: Mesh | None = None,
+    mixture_or_task_module: str | None = None,
+) -> int:
+    """Writes one JSON line per example of a task (or of `input_file`) to `output_file`.
+
+    `vocabulary` (a `flan_jax.data.vocab` name) tokenizes `input_file`; a task uses its own.
+    Returns the number of lines written ("-": stdout).
+    """
+    if mode not in MODES:
+        raise ValueError(f"infer mode {mode!r} is unknown; use one of {MODES}")
+    if (mixture_or_task_name is None) == (input_file is None):
+        raise ValueError(
+            f"give exactly one of MIXTURE_OR_TASK_NAME ({mixture_or_task_name!r}) and "
+            f"--input_file ({input_file!r})"
+        )
+    if mixture_or_task_module:
+        importlib.import_module(mixture_or_task_module)
+    if input_file is not None:
+        vocab = vocab_lib.get_vocabulary(vocabulary)
+        rows = _file_rows(input_file, vocab, feature_lengths, config, mode)
+    else:
+        rows, vocab = _task_rows(mixture_or_task_name, feature_lengths, config)
+    params, _ = restore_params(model, checkpoint_path, mesh)
+    records = infer_rows(model, params, rows, vocab, feature_lengths, config, mode=mode, mesh=mesh)
+    with _open_output(output_file) as out:
+        out.write("".join(json.dumps(r) + "\n" for r in records))
+    return len(records)
+
+
+@contextlib.contextmanager
+def _open_output(path: str) -> Iterator[TextIO]:
+    if path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    if os.path.dirname(path):
+        tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as f:
+        yield f
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`flan-jax infer --gin_file=models/... --gin_file=runs/infer.gin --gin.CHECKPOINT_PATH=...
+    [--gin.MIXTURE_OR_TASK_NAME=... | --input_file=F.jsonl] [--mode score] [--output_file=F]`."""
+    import gin
+    from flan_jax import gin_flags
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="flan-jax infer", add_help=False)
+    parser.add_argument("--mode", choices=MODES, default=None)
+    parser.add_argument("--input_file", default=None, help='JSONL of {"inputs": ...} lines')
+    parser.add_argument("--output_file", default=None, help="JSONL out ('-': stdout)")
+    ours, rest = parser.parse_known_args(argv)
+    gin.clear_config()
+    gin_flags.parse(rest, "flan-jax infer")
+    overrides = {k: v for k, v in vars(ours).items() if v is not None}
+    # `python -m` runs this file as __main__: use the module gin registered
+    run = gin.get_configurable(importlib.import_module("flan_jax.infer").run_inference)
+    try:
+        count = run(**overrides)
+    except ValueError as e:
+        print(f"flan-jax infer: {e}", file=sys.stderr)
+        return 2
+    print(f"flan-jax infer: wrote {count} lines", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

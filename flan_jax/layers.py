@@ -202,7 +202,9 @@ def apply_rope(x: Array, positions: Array, theta: float) -> Array:
 
 def mask_to_bias(mask: Array, dtype: DType = jnp.float32) -> Array:
     """Boolean/0-1 mask -> additive bias (0 where allowed, MASK_BIAS where masked)."""
-    return lax.select(mask > 0, jnp.zeros(mask.shape, dtype), jnp.full(mask.shape, MASK_BIAS, dtype))
+    return lax.select(
+        mask > 0, jnp.zeros(mask.shape, dtype), jnp.full(mask.shape, MASK_BIAS, dtype)
+    )
 
 
 def _attend(
@@ -285,9 +287,19 @@ class MultiHeadAttention(nn.Module):
 
         kv_axes = ("embed", "kv") if self.num_kv_heads == 1 else ("embed", "joined_kv")
         proj = dict(dtype=self.dtype)
-        query = Dense((self.num_heads, self.head_dim), ("embed", "joined_kv"), kernel_init=query_init, name="query", **proj)(inputs_q)  # fmt: skip
-        key = Dense((self.num_kv_heads, self.head_dim), kv_axes, kernel_init=fan_in, name="key", **proj)(inputs_kv)  # fmt: skip
-        value = Dense((self.num_kv_heads, self.head_dim), kv_axes, kernel_init=fan_in, name="value", **proj)(inputs_kv)  # fmt: skip
+        query = Dense(
+            (self.num_heads, self.head_dim),
+            ("embed", "joined_kv"),
+            kernel_init=query_init,
+            name="query",
+            **proj,
+        )(inputs_q)
+        key = Dense(
+            (self.num_kv_heads, self.head_dim), kv_axes, kernel_init=fan_in, name="key", **proj
+        )(inputs_kv)
+        value = Dense(
+            (self.num_kv_heads, self.head_dim), kv_axes, kernel_init=fan_in, name="value", **proj
+        )(inputs_kv)
         axes = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
         query, key, value = (constrain(t, axes) for t in (query, key, value))
         if self.rope_theta is not None:
@@ -303,7 +315,9 @@ class MultiHeadAttention(nn.Module):
             dropout = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,), deterministic=False)
         out = _attend(query, key, value, bias, self.impl, dropout)
         out = constrain(out, axes)
-        return Dense(embed, ("joined_kv", "embed"), in_axes=2, kernel_init=fan_in, name="out", **proj)(out)  # fmt: skip
+        return Dense(
+            embed, ("joined_kv", "embed"), in_axes=2, kernel_init=fan_in, name="out", **proj
+        )(out)
 
     def _update_cache(self, key: Array, value: Array, cache_index: Array | None):
         """Writes key/value [b, n, K, d] at cache_index; returns the whole cache [b, L, K, d].
@@ -318,8 +332,12 @@ class MultiHeadAttention(nn.Module):
         if cache_index is None:
             raise ValueError("MultiHeadAttention in decode mode needs cache_index (a scalar slot)")
         start = (0, cache_index, 0, 0)
-        cached_key.value = lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), start)
-        cached_value.value = lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype), start)  # fmt: skip
+        cached_key.value = lax.dynamic_update_slice(
+            cached_key.value, key.astype(cached_key.value.dtype), start
+        )
+        cached_value.value = lax.dynamic_update_slice(
+            cached_value.value, value.astype(cached_value.value.dtype), start
+        )
         return cached_key.value, cached_value.value
 
 
@@ -346,5 +364,7 @@ class MlpBlock(nn.Module):
             h = ACTIVATIONS[act](h)
             hidden = h if hidden is None else hidden * h
         hidden = constrain(hidden, ("activation_batch", "activation_length", "activation_mlp"))
-        hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic=self.deterministic)
+        hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
+            hidden, deterministic=self.deterministic
+        )
         return Dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="wo")(hidden)

@@ -44,7 +44,8 @@ class LossConfig:
         lnf = self.loss_normalizing_factor
         if isinstance(lnf, str) and lnf != NUM_REAL_TARGET_TOKENS:
             raise ValueError(
-                f"loss_normalizing_factor {lnf!r} is unknown; use None, a number or {NUM_REAL_TARGET_TOKENS!r}"
+                f"loss_normalizing_factor {lnf!r} is unknown; use None, a number or "
+                f"{NUM_REAL_TARGET_TOKENS!r}"
             )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
@@ -69,10 +70,14 @@ def cross_entropy_loss(
     vocab = logits.shape[-1]
     confidence = 1.0 - loss.label_smoothing
     low = (1.0 - confidence) / (vocab - 1)
-    normalizing_constant = -(confidence * np.log(confidence) + (vocab - 1) * low * np.log(low + 1e-20))
+    normalizing_constant = -(
+        confidence * np.log(confidence) + (vocab - 1) * low * np.log(low + 1e-20)
+    )
     soft_targets = jax.nn.one_hot(targets, vocab, dtype=jnp.float32) * (confidence - low) + low
     log_z = jax.nn.logsumexp(logits, axis=-1)
-    token_loss = -jnp.sum(soft_targets * (logits - log_z[..., None]), axis=-1) - normalizing_constant
+    token_loss = (
+        -jnp.sum(soft_targets * (logits - log_z[..., None]), axis=-1) - normalizing_constant
+    )
     token_z = loss.z_loss * jnp.square(log_z)
     weights = weights.astype(jnp.float32)
     total, total_z = jnp.sum((token_loss + token_z) * weights), jnp.sum(token_z * weights)
@@ -85,8 +90,13 @@ def cross_entropy_loss(
     return total, total_z, weight_sum
 
 
-def _metrics(logits: Array, batch: Batch, total: Array, z: Array, weight_sum: Array) -> dict[str, Array]:
-    targets, weights = batch["decoder_target_tokens"], batch["decoder_loss_weights"].astype(jnp.float32)
+def _metrics(
+    logits: Array, batch: Batch, total: Array, z: Array, weight_sum: Array
+) -> dict[str, Array]:
+    targets, weights = (
+        batch["decoder_target_tokens"],
+        batch["decoder_loss_weights"].astype(jnp.float32),
+    )
     correct = jnp.sum((jnp.argmax(logits, axis=-1) == targets) * weights)
     if "decoder_segment_ids" in batch:  # packed rows hold several examples
         num_examples = jnp.sum(jnp.max(batch["decoder_segment_ids"], axis=-1))
@@ -119,7 +129,9 @@ class BaseModel:
     def _logits(self, params: PyTree, batch: Batch, dropout_rng: Array | None) -> Array:
         raise NotImplementedError
 
-    def loss_fn(self, params: PyTree, batch: Batch, dropout_rng: Array | None) -> tuple[Array, dict[str, Array]]:
+    def loss_fn(
+        self, params: PyTree, batch: Batch, dropout_rng: Array | None
+    ) -> tuple[Array, dict[str, Array]]:
         """Weighted cross-entropy (+ z-loss) of the targets; dropout on iff dropout_rng.
 
         Returns:
@@ -135,18 +147,33 @@ class BaseModel:
         """Per-row sum of target log-likelihoods [batch] (weighted by decoder_loss_weights)."""
         logits = self._logits(params, batch, None)
         log_probs = jax.nn.log_softmax(logits, axis=-1)
-        token = jnp.take_along_axis(log_probs, batch["decoder_target_tokens"][..., None], axis=-1)[..., 0]
+        token = jnp.take_along_axis(log_probs, batch["decoder_target_tokens"][..., None], axis=-1)[
+            ..., 0
+        ]
         return jnp.sum(token * batch["decoder_loss_weights"].astype(jnp.float32), axis=-1)
 
-    def predict_batch(self, params: PyTree, batch: Batch, rng: Array | None = None, *, decode: DecodeConfig = DecodeConfig()) -> Array:  # fmt: skip
+    def predict_batch(
+        self,
+        params: PyTree,
+        batch: Batch,
+        rng: Array | None = None,
+        *,
+        decode: DecodeConfig | None = None,
+    ) -> Array:
         """Best decode per example [batch, max_decode_len] (0 after EOS)."""
         tokens, _ = self.predict_batch_with_aux(params, batch, rng, decode=decode)
         return tokens[:, 0]
 
     def predict_batch_with_aux(
-        self, params: PyTree, batch: Batch, rng: Array | None = None, *, decode: DecodeConfig = DecodeConfig()
+        self,
+        params: PyTree,
+        batch: Batch,
+        rng: Array | None = None,
+        *,
+        decode: DecodeConfig | None = None,
     ) -> tuple[Array, dict[str, Array]]:
-        """All decodes [batch, num_decodes, max_decode_len], best first, and {'scores': [batch, n]}."""
+        """All decodes [batch, num_decodes, max_decode_len], best first; {'scores': [batch, n]}."""
+        decode = DecodeConfig() if decode is None else decode
         step_fn, cache, first = self._decoding_setup(params, batch, decode.max_decode_len)
         tokens, scores = decoding.decode(decode, step_fn, cache, first, rng)
         return tokens, {"scores": scores}
@@ -156,7 +183,9 @@ class BaseModel:
 
     def param_shapes(self, input_shapes: Mapping[str, tuple[int, ...]]) -> PyTree:
         """Unboxed parameter ShapeDtypeStructs (no allocation)."""
-        variables = jax.eval_shape(lambda rng: self.get_initial_variables(rng, input_shapes), jax.random.key(0))
+        variables = jax.eval_shape(
+            lambda rng: self.get_initial_variables(rng, input_shapes), jax.random.key(0)
+        )
         return nn.unbox(variables["params"])
 
     def get_initial_variables(self, rng, input_shapes, input_types=None):
@@ -182,13 +211,19 @@ class EncoderDecoderModel(BaseModel):
 
     feature_converter_cls = seqio.EncDecFeatureConverter
 
-    def __init__(self, config: network.TransformerConfig, *, loss: LossConfig | None = None, decoder_start_token_id: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        config: network.TransformerConfig,
+        *,
+        loss: LossConfig | None = None,
+        decoder_start_token_id: int = 0,
+    ):
         super().__init__(config, loss=loss)
         self.module = network.EncoderDecoder(config)
         self.decoder_start_token_id = decoder_start_token_id
 
     def get_initial_variables(self, rng, input_shapes, input_types=None):
-        """{'params': boxed (nn.Partitioned) params} from input shapes {feature: (batch, length)}."""
+        """{'params': nn.Partitioned-boxed params} from input shapes {feature: (batch, length)}."""
         enc = _ones(input_shapes, "encoder_input_tokens", "encoder_input_tokens", input_types)
         dec = _ones(input_shapes, "decoder_input_tokens", "decoder_input_tokens", input_types)
         variables = self.module.init(rng, enc, dec, dec)
@@ -215,10 +250,20 @@ class EncoderDecoderModel(BaseModel):
         dummy = jnp.zeros((batch_size, max_decode_len), jnp.int32)
         cache_shapes = jax.eval_shape(
             lambda: self.module.apply(
-                {"params": params}, encoded, enc_tokens, dummy, decode=True, mutable=["cache"], method="decode"
+                {"params": params},
+                encoded,
+                enc_tokens,
+                dummy,
+                decode=True,
+                mutable=["cache"],
+                method="decode",
             )[1]["cache"]
         )
-        cache = {"model": _zeros_like_shapes(cache_shapes), "encoded": encoded, "encoder_tokens": enc_tokens}
+        cache = {
+            "model": _zeros_like_shapes(cache_shapes),
+            "encoded": encoded,
+            "encoder_tokens": enc_tokens,
+        }
 
         def step_fn(tokens: Array, cache: PyTree) -> tuple[Array, PyTree]:
             logits, variables = self.module.apply(
@@ -245,7 +290,9 @@ class EncoderDecoderModel(BaseModel):
         cfg = self.config
         params = self.param_shapes({"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)})
         n_enc = _count(params["encoder"])
-        n_dec = _count(params["decoder"]) + (_count(params["token_embedder"]) if cfg.logits_via_embedding else 0)
+        n_dec = _count(params["decoder"]) + (
+            _count(params["token_embedder"]) if cfg.logits_via_embedding else 0
+        )
         attn = 12 * cfg.num_heads * cfg.head_dim
         total = 6 * (n_enc * input_length + n_dec * target_length) + attn * (
             cfg.num_encoder_layers * input_length**2
@@ -286,12 +333,14 @@ class DecoderOnlyModel(BaseModel):
         return seqio.DecoderFeatureConverter
 
     def get_initial_variables(self, rng, input_shapes, input_types=None):
-        """{'params': boxed (nn.Partitioned) params} from input shapes {feature: (batch, length)}."""
+        """{'params': nn.Partitioned-boxed params} from input shapes {feature: (batch, length)}."""
         dec = _ones(input_shapes, "decoder_input_tokens", "decoder_input_tokens", input_types)
         return {"params": self.module.init(rng, dec, dec)["params"]}
 
     def _logits(self, params, batch, dropout_rng):
-        causal = batch.get("decoder_causal_attention") if self.inputs_bidirectional_attention else None
+        causal = (
+            batch.get("decoder_causal_attention") if self.inputs_bidirectional_attention else None
+        )
         return self.module.apply(
             {"params": params},
             batch["decoder_input_tokens"],
@@ -342,7 +391,9 @@ class DecoderOnlyModel(BaseModel):
             def run(c):
                 index = c["model"]["decoder"]["cache_index"]
                 pos = (index - c["offset"])[:, None]
-                out, new = apply({"params": params, "cache": c["model"]}, toks[:, None], decoder_positions=pos)
+                out, new = apply(
+                    {"params": params, "cache": c["model"]}, toks[:, None], decoder_positions=pos
+                )
                 return out[:, 0], new["cache"]
 
             logits, model_cache = jax.lax.cond(

@@ -86,17 +86,30 @@ class TransformerConfig:
         )
         for name, value, allowed in choices:
             if value not in allowed:
-                raise ValueError(f"TransformerConfig.{name} {value!r} is unknown; use one of {allowed}")
-        if self.remat_policy not in ("none", "full") and not hasattr(jax.checkpoint_policies, self.remat_policy):
+                raise ValueError(
+                    f"TransformerConfig.{name} {value!r} is unknown; use one of {allowed}"
+                )
+        if self.remat_policy not in ("none", "full") and not hasattr(
+            jax.checkpoint_policies, self.remat_policy
+        ):
             raise ValueError(
                 f"remat_policy {self.remat_policy!r} is neither 'none', 'full' nor a "
                 "jax.checkpoint_policies name (e.g. 'dots_with_no_batch_dims_saveable')"
             )
         if self.position_embedding == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
-        for name in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim", "num_decoder_layers"):
+        for name in (
+            "vocab_size",
+            "emb_dim",
+            "num_heads",
+            "head_dim",
+            "mlp_dim",
+            "num_decoder_layers",
+        ):
             if getattr(self, name) < 1:
-                raise ValueError(f"TransformerConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(
+                    f"TransformerConfig.{name} must be >= 1, got {getattr(self, name)}"
+                )
 
     @property
     def kv_heads(self) -> int:
@@ -136,12 +149,19 @@ class _Block(nn.Module):
         return layers.RMSNorm(self.config.layer_norm_epsilon, self.config.compute_dtype, name=name)
 
     def dropout(self, x: Array) -> Array:
-        return nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))(x, deterministic=self.deterministic)
+        return nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))(
+            x, deterministic=self.deterministic
+        )
 
     def mlp(self, x: Array) -> Array:
         cfg = self.config
         return layers.MlpBlock(
-            cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.compute_dtype, self.deterministic, name="mlp"
+            cfg.mlp_dim,
+            cfg.mlp_activations,
+            cfg.dropout_rate,
+            cfg.compute_dtype,
+            self.deterministic,
+            name="mlp",
         )(x)
 
 
@@ -152,7 +172,9 @@ class EncoderLayer(_Block):
     def __call__(self, x: Array, bias: Array, positions: Array | None) -> tuple[Array, None]:
         """x [batch, length, embed], bias [batch|1, heads|1, length, length]."""
         y = self.norm("pre_attention_layer_norm")(x)
-        y = _attention(self.config, "attention", self.deterministic)(y, y, bias, positions, positions)
+        y = _attention(self.config, "attention", self.deterministic)(
+            y, y, bias, positions, positions
+        )
         x = x + self.dropout(y)
         y = self.dropout(self.mlp(self.norm("pre_mlp_layer_norm")(x)))
         return layers.constrain(x + y, EMBED_AXES), None
@@ -184,16 +206,24 @@ class DecoderLayer(_Block):
         x = x + self.dropout(y)
         if self.cross_attention:
             y = self.norm("pre_cross_attention_layer_norm")(x)
-            y = _attention(cfg, "encoder_decoder_attention", self.deterministic)(y, encoded, cross_bias)
+            y = _attention(cfg, "encoder_decoder_attention", self.deterministic)(
+                y, encoded, cross_bias
+            )
             x = x + self.dropout(y)
         y = self.dropout(self.mlp(self.norm("pre_mlp_layer_norm")(x)))
         return layers.constrain(x + y, EMBED_AXES), None
 
 
-def run_layers(cfg: TransformerConfig, layer_cls, num_layers: int, x: Array, args: tuple, **attrs) -> Array:
+def run_layers(
+    cfg: TransformerConfig, layer_cls, num_layers: int, x: Array, args: tuple, **attrs
+) -> Array:
     """Applies num_layers layers (a Python loop of `layers_{i}`, or nn.scan as `layers`)."""
     if cfg.remat_policy != "none":
-        policy = None if cfg.remat_policy == "full" else getattr(jax.checkpoint_policies, cfg.remat_policy)
+        policy = (
+            None
+            if cfg.remat_policy == "full"
+            else getattr(jax.checkpoint_policies, cfg.remat_policy)
+        )
         layer_cls = nn.remat(layer_cls, policy=policy, prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
         stack = nn.scan(
@@ -242,11 +272,20 @@ class Encoder(nn.Module):
         if cfg.position_embedding == "relative":
             idx = jnp.arange(tokens.shape[1])
             bias = bias + _relpos(cfg, "relpos_bias")(idx, idx, bidirectional=True)
-        drop = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic)
+        drop = functools.partial(
+            nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic
+        )
         x = drop(self.shared_embedding(tokens).astype(cfg.compute_dtype))
         x = layers.constrain(x, EMBED_AXES)
         positions = _default_positions(tokens, positions)
-        x = run_layers(cfg, EncoderLayer, cfg.num_encoder_layers, x, (bias, positions), deterministic=deterministic)
+        x = run_layers(
+            cfg,
+            EncoderLayer,
+            cfg.num_encoder_layers,
+            x,
+            (bias, positions),
+            deterministic=deterministic,
+        )
         x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="encoder_norm")(x)
         return drop(x)
 
@@ -296,7 +335,13 @@ class Decoder(nn.Module):
         cfg = self.config
         embedder = self.shared_embedding
         if embedder is None:
-            embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, cfg.one_hot_embed, cfg.compute_dtype, name="token_embedder")  # fmt: skip
+            embedder = layers.Embed(
+                cfg.vocab_size,
+                cfg.emb_dim,
+                cfg.one_hot_embed,
+                cfg.compute_dtype,
+                name="token_embedder",
+            )
         valid = jnp.ones(tokens.shape, bool) if target_tokens is None else target_tokens > 0
         is_step = decode and self.has_variable("cache", "cache_index")
         if decode:
@@ -304,8 +349,12 @@ class Decoder(nn.Module):
             key_valid = self.variable("cache", "key_valid", jnp.zeros, tokens.shape, jnp.int32)
         if is_step:
             start = cache_index.value
-            key_valid.value = lax.dynamic_update_slice(key_valid.value, valid.astype(jnp.int32), (0, start))
-            mask, q_idx, k_idx = self._step_mask(tokens, valid, key_valid.value, causal_attention, start)
+            key_valid.value = lax.dynamic_update_slice(
+                key_valid.value, valid.astype(jnp.int32), (0, start)
+            )
+            mask, q_idx, k_idx = self._step_mask(
+                tokens, valid, key_valid.value, causal_attention, start
+            )
             cache_index.value = start + tokens.shape[1]
         else:
             start = None
@@ -322,17 +371,23 @@ class Decoder(nn.Module):
                 cross &= _pair_mask(segment_ids, encoder_segment_ids, jnp.equal)
             cross_bias = layers.mask_to_bias(cross, cfg.compute_dtype)
 
-        drop = functools.partial(nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic)
+        drop = functools.partial(
+            nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic
+        )
         x = layers.constrain(drop(embedder(tokens).astype(cfg.compute_dtype)), EMBED_AXES)
         args = (bias, positions, encoded, cross_bias, start)
-        attrs = dict(deterministic=deterministic, decode=decode, cross_attention=encoded is not None)
+        attrs = dict(
+            deterministic=deterministic, decode=decode, cross_attention=encoded is not None
+        )
         x = run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, x, args, **attrs)
         x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="decoder_norm")(x)
         x = drop(x).astype(jnp.float32)
         if cfg.logits_via_embedding:
             logits = embedder.attend(x, dtype=jnp.float32) * cfg.emb_dim**-0.5
         else:
-            logits = layers.Dense(cfg.vocab_size, ("embed", "vocab"), dtype=jnp.float32, name="logits_dense")(x)
+            logits = layers.Dense(
+                cfg.vocab_size, ("embed", "vocab"), dtype=jnp.float32, name="logits_dense"
+            )(x)
         return layers.constrain(logits, LOGITS_AXES)
 
     @staticmethod
@@ -355,7 +410,9 @@ class Decoder(nn.Module):
         mask = (k_idx[None, :] <= q_idx[:, None])[None, None]
         if causal_attention is not None:
             prefix = causal_attention > 0
-            prefix_k = lax.dynamic_update_slice(jnp.zeros(key_valid.shape, bool), prefix, (0, start))
+            prefix_k = lax.dynamic_update_slice(
+                jnp.zeros(key_valid.shape, bool), prefix, (0, start)
+            )
             mask = mask | _pair_mask(prefix, prefix_k)
         mask = mask & _pair_mask(valid, key_valid > 0)
         return mask, q_idx, k_idx
@@ -369,14 +426,27 @@ class EncoderDecoder(nn.Module):
     def setup(self):
         cfg = self.config
         if cfg.num_encoder_layers < 1:
-            raise ValueError(f"EncoderDecoder needs num_encoder_layers >= 1, got {cfg.num_encoder_layers}")
-        self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, cfg.one_hot_embed, cfg.compute_dtype)
+            raise ValueError(
+                f"EncoderDecoder needs num_encoder_layers >= 1, got {cfg.num_encoder_layers}"
+            )
+        self.token_embedder = layers.Embed(
+            cfg.vocab_size, cfg.emb_dim, cfg.one_hot_embed, cfg.compute_dtype
+        )
         self.encoder = Encoder(cfg, self.token_embedder)
         self.decoder = Decoder(cfg, self.token_embedder)
 
-    def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None, *, enable_dropout=False):
+    def encode(
+        self,
+        encoder_input_tokens,
+        encoder_segment_ids=None,
+        encoder_positions=None,
+        *,
+        enable_dropout=False,
+    ):
         """[batch, enc_length] tokens -> [batch, enc_length, embed]."""
-        return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions, not enable_dropout)
+        return self.encoder(
+            encoder_input_tokens, encoder_segment_ids, encoder_positions, not enable_dropout
+        )
 
     def decode(
         self,
@@ -418,7 +488,12 @@ class EncoderDecoder(nn.Module):
         decode=False,
     ):
         """Full forward pass: logits [batch, target_length, vocab] float32."""
-        encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions, enable_dropout=enable_dropout)
+        encoded = self.encode(
+            encoder_input_tokens,
+            encoder_segment_ids,
+            encoder_positions,
+            enable_dropout=enable_dropout,
+        )
         return self.decode(
             encoded,
             encoder_input_tokens,

@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 import pathlib
 
-import yaml
-
 from flan_jax.data import mixtures, tasks
+from flan_jax.data.templates import read_yaml
 
 SPECS_ENV = "FLAN_JAX_SPECS"
 
@@ -22,8 +21,7 @@ def classify_spec_files(root: str | pathlib.Path) -> tuple[list[pathlib.Path], l
     """
     task_files, mixture_files = [], []
     for path in sorted(pathlib.Path(root).rglob("*.yaml")):
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        data = read_yaml(path)
         if isinstance(data, dict) and "source" in data:
             task_files.append(path)
         elif isinstance(data, dict) and "members" in data:
@@ -69,6 +67,9 @@ def register_all() -> tuple[list[str], list[str]]:
     task_names, mixture_names = register_specs(
         tasks.task_spec_files(), mixtures.mixture_spec_files()
     )
+    from flan_jax import benchmarks  # noqa: PLC0415  (MMLU / BBH / GSM8K evaluation tasks)
+
+    task_names += benchmarks.register()
     for root in filter(None, os.environ.get(SPECS_ENV, "").split(os.pathsep)):
         more_tasks, more_mixtures = register_dir(root)
         task_names += more_tasks

@@ -175,3 +175,29 @@ def test_bad_settings():
         settings(options_style="shuffled")
     with pytest.raises(ValueError, match="num_exemplars must be >= 1, got 0"):
         FewShotConfig(num_exemplars=0)
+
+
+def test_per_example_options_field():
+    qa = (Template(inputs="{question}\n{options_}", targets="{answer}"),)
+    s = RenderSettings(
+        task="mc",
+        format="zs_opt",
+        templates=qa,
+        options_field="choices",
+        options_style="random",
+        seed=1,
+    )
+    ex = {"question": "2+2?", "choices": ["3", "4", "5"], "answer": "4"}
+    outs = [render_example(ex, i, "test", s) for i in range(40)]
+    for out in outs:
+        header, *items = out.inputs.split("\n")[1:]
+        assert header in formats.OPTION_HEADERS and len(items) == 3
+        markers = [item.rsplit(" ", 1)[0] for item in items]
+        assert [item.rsplit(" ", 1)[1] for item in items] == ["3", "4", "5"]
+        # Label markers ("(B)", "2.") become the target; "-" and "*" keep the option text.
+        want = markers[1] if markers[1] not in ("-", "*") else "4"
+        assert out.targets == want
+        assert out.options == [
+            m if m not in ("-", "*") else o for m, o in zip(markers, ["3", "4", "5"])
+        ]
+    assert {o.targets for o in outs} >= {"4", "(B)", "B.", "2."}

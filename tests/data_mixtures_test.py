@@ -17,12 +17,19 @@ def rows(split: str, tag: str, n: int) -> list[dict]:
 
 def task_spec(name: str, n: int, cluster: str, **kw) -> dict:
     return {
-        "name": name, "cluster": cluster,
-        "source": {"type": "function", "fn": "data_mixtures_test:rows", "splits": ["train"],
-                   "args": {"tag": name[-1].upper(), "n": n}},
+        "name": name,
+        "cluster": cluster,
+        "source": {
+            "type": "function",
+            "fn": "data_mixtures_test:rows",
+            "splits": ["train"],
+            "args": {"tag": name[-1].upper(), "n": n},
+        },
         "fields": ["q", "answer"],
         "templates": [{"inputs": "{q}", "targets": "{answer}{q}"}],
-        "formats": ["zs_noopt"], "vocabulary": "byte", **kw,
+        "formats": ["zs_noopt"],
+        "vocabulary": "byte",
+        **kw,
     }
 
 
@@ -40,25 +47,34 @@ def registered():
 
 def test_examples_proportional_with_cap_and_temperature():
     spec = mixtures.MixtureSpec(name="mx_cap", members=("m_a", "m_b", "m_c"), cap=500)
-    assert mixtures.flat_rates(spec) == {"m_a_zs_noopt": 100.0, "m_b_zs_noopt": 300.0,
-                                         "m_c_zs_noopt": 500.0}
+    assert mixtures.flat_rates(spec) == {
+        "m_a_zs_noopt": 100.0,
+        "m_b_zs_noopt": 300.0,
+        "m_c_zs_noopt": 500.0,
+    }
     hot = mixtures.MixtureSpec(name="mx_t", members=("m_a", "m_c"), cap=400, temperature=2.0)
     assert mixtures.flat_rates(hot) == {"m_a_zs_noopt": 10.0, "m_c_zs_noopt": 20.0}
 
 
 def test_weights_and_sub_mixtures():
     assert mixtures.register_mixture_spec(
-        {"name": "mx_sub", "members": ["m_a", "m_d"], "cap": 3000}) == ["mx_sub"]
+        {"name": "mx_sub", "members": ["m_a", "m_d"], "cap": 3000}
+    ) == ["mx_sub"]
     parent = mixtures.MixtureSpec(
-        name="mx_parent", cap=200,
+        name="mx_parent",
+        cap=200,
         members=("m_b", {"name": "m_c", "weight": 50}, {"name": "mx_sub", "weight": 70}),
     )
     # mx_sub's weight 70 is split 100:40 over its tasks; m_b is capped at 200.
     assert mixtures.flat_rates(parent) == pytest.approx(
-        {"m_b_zs_noopt": 200.0, "m_c_zs_noopt": 50.0, "m_a_zs_noopt": 50.0, "m_d_zs_noopt": 20.0})
+        {"m_b_zs_noopt": 200.0, "m_c_zs_noopt": 50.0, "m_a_zs_noopt": 50.0, "m_d_zs_noopt": 20.0}
+    )
     unweighted = mixtures.MixtureSpec(name="mx_p2", members=("m_b", "mx_sub"), cap=200)
-    assert mixtures.flat_rates(unweighted) == {"m_b_zs_noopt": 200.0, "m_a_zs_noopt": 100.0,
-                                               "m_d_zs_noopt": 40.0}
+    assert mixtures.flat_rates(unweighted) == {
+        "m_b_zs_noopt": 200.0,
+        "m_a_zs_noopt": 100.0,
+        "m_d_zs_noopt": 40.0,
+    }
 
 
 def test_held_out_clusters_and_idempotence():
@@ -66,8 +82,10 @@ def test_held_out_clusters_and_idempotence():
     names = mixtures.register_mixture_spec(spec)
     assert names == ["mx_all", "mx_all_minus_x", "mx_all_minus_y", "mx_all_minus_z"]
     assert mixtures.register_mixture_spec(spec) == names
-    assert mixtures.mixture_rates("mx_all_minus_z") == {"m_a_zs_noopt": 100.0,
-                                                        "m_b_zs_noopt": 300.0}
+    assert mixtures.mixture_rates("mx_all_minus_z") == {
+        "m_a_zs_noopt": 100.0,
+        "m_b_zs_noopt": 300.0,
+    }
     tasks_of = lambda n: sorted(t.name for t in seqio.get_mixture_or_task(n).tasks)
     assert tasks_of("mx_all_minus_x") == ["m_b_zs_noopt", "m_c_zs_noopt", "m_d_zs_noopt"]
     with pytest.raises(ValueError, match="a different mixture named 'mx_all'"):
@@ -79,8 +97,10 @@ def test_held_out_clusters_and_idempotence():
     [
         ({"members": ["m_a"], "cap": 0}, "cap must be a positive int, got 0"),
         ({"members": ["m_a"], "cap": -5}, "cap must be a positive int, got -5"),
-        ({"members": ["m_a", "m_b"], "held_out": ["w"]},
-         r"held-out cluster 'w' does not exist; its tasks have clusters \['x', 'y'\]"),
+        (
+            {"members": ["m_a", "m_b"], "held_out": ["w"]},
+            r"held-out cluster 'w' does not exist; its tasks have clusters \['x', 'y'\]",
+        ),
         ({"members": ["m_a", "m_bb"]}, r"unknown task or mixture 'm_bb'; closest: \['m_b'"),
         ({"members": []}, "`members:` is empty"),
         ({"members": [{"name": "m_a", "weight": 0}]}, "weight must be > 0, got 0"),
@@ -107,7 +127,8 @@ def test_recorded_num_examples_without_data(tmp_path):
 def segment_tags(tokens: np.ndarray, segments: np.ndarray) -> list[str]:
     """The first token of every packed segment, decoded (it is the task's tag letter)."""
     starts = (segments > 0) & np.concatenate(
-        [np.ones_like(segments[:, :1], bool), segments[:, 1:] != segments[:, :-1]], axis=1)
+        [np.ones_like(segments[:, :1], bool), segments[:, 1:] != segments[:, :-1]], axis=1
+    )
     return [chr(t - 3) for t in tokens[starts]]
 
 
@@ -120,10 +141,12 @@ def segment_tags(tokens: np.ndarray, segments: np.ndarray) -> list[str]:
     ids=["encdec", "decoder"],
 )
 def test_shares_after_packing_match_rates(converter, lengths, key):
-    mixtures.register_mixture_spec({"name": "mx_pack", "members": ["m_a", "m_b", "m_c"],
-                                    "cap": 500})
-    ds = seqio.get_dataset("mx_pack", lengths, converter, dataset_split="train", shuffle=True,
-                           seed=7, num_epochs=None)
+    mixtures.register_mixture_spec(
+        {"name": "mx_pack", "members": ["m_a", "m_b", "m_c"], "cap": 500}
+    )
+    ds = seqio.get_dataset(
+        "mx_pack", lengths, converter, dataset_split="train", shuffle=True, seed=7, num_epochs=None
+    )
     counts, total = collections.Counter(), 0
     for batch in ds.batch(128).as_numpy_iterator():
         if key == "decoder" and "inputs" not in lengths:

@@ -299,3 +299,17 @@ def test_t5_vocabulary_from_data_dir(monkeypatch):
         os.path.join(os.environ["FLAN_JAX_DATA_DIR"], "tokenizer", "t5_spiece.model"),
     )
     assert np.array_equal(v.decode(ids), "translate English to German: The house is wonderful.")
+
+
+def test_host_shards_are_disjoint_and_cover_the_split(registered):
+    task = seqio.get_mixture_or_task("t_review_zs_noopt")
+    lengths = {"inputs": 64, "targets": 16}
+
+    def texts(shard_info=None):
+        ds = task.get_dataset(lengths, split="train", shuffle=True, shard_info=shard_info)
+        return [ex["inputs_pretokenized"] for ex in ds.as_numpy_iterator()]
+
+    full = texts()
+    shards = [texts(seqio.ShardInfo(index=i, num_shards=2)) for i in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 3
+    assert sorted(shards[0] + shards[1]) == sorted(full)

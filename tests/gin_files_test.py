@@ -15,7 +15,9 @@ MACROS = {
     "TASK_FEATURE_LENGTHS": "{'inputs': 32, 'targets': 8}",
     "TRAIN_STEPS": "10",
     "INITIAL_CHECKPOINT_PATH": "None",
+    "CHECKPOINT_PATH": "'/tmp/gin_test'",
 }
+TRAIN_MACROS = list(MACROS)[:5]
 MODEL_GIN = "test/tiny_t5.gin"
 ALL = sorted(str(p.relative_to(GIN_DIR)) for p in GIN_DIR.rglob("*.gin"))
 
@@ -42,20 +44,19 @@ def test_gin_file_parses_with_required_macros(name):
     required = gin_flags.required_macros(files, [str(GIN_DIR)])
     _parse(files, [f"{m} = {MACROS[m]}" for m in required])
     assert gin_flags.missing_macros(required) == []
-    if name.startswith("runs/") or name.startswith("experiments/"):
+    if name.startswith(("runs/finetune", "runs/pretrain", "runs/eval", "experiments/")):
         assert gin.query_parameter("%MODEL_DIR")
 
 
 def test_run_files_declare_t5x_macros():
-    assert gin_flags.required_macros(["runs/finetune.gin"], [str(GIN_DIR)]) == list(MACROS)
-    assert gin_flags.required_macros(["runs/pretrain.gin"], [str(GIN_DIR)]) == list(
-        MACROS
-    )  # via include
-    _parse([MODEL_GIN, "runs/pretrain.gin"], [f"{m} = {v}" for m, v in MACROS.items()])
+    assert gin_flags.required_macros(["runs/finetune.gin"], [str(GIN_DIR)]) == TRAIN_MACROS
+    # pretrain.gin includes finetune.gin: the same declarations
+    assert gin_flags.required_macros(["runs/pretrain.gin"], [str(GIN_DIR)]) == TRAIN_MACROS
+    _parse([MODEL_GIN, "runs/pretrain.gin"], [f"{m} = {MACROS[m]}" for m in TRAIN_MACROS])
     assert gin.query_parameter("%INITIAL_CHECKPOINT_PATH") is None  # pretrain overrides it
 
 
-def test_missing_macro_fails_naming_it(monkeypatch):
+def test_missing_macro_fails_naming_it():
     argv = [f"--gin_file={MODEL_GIN}", "--gin_file=runs/finetune.gin", "--gin.MODEL_DIR='/tmp/x'"]
     missing = (
         "['MIXTURE_OR_TASK_NAME', 'TASK_FEATURE_LENGTHS', 'TRAIN_STEPS', 'INITIAL_CHECKPOINT_PATH']"
@@ -66,9 +67,8 @@ def test_missing_macro_fails_naming_it(monkeypatch):
 
 def test_t5x_style_macro_flags_and_search_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # runs/finetune.gin is found in the shipped gin dir from anywhere
-    argv = [f"--gin_file={MODEL_GIN}", "--gin_file=runs/finetune.gin"] + [
-        f"--gin.{k}={v}" for k, v in MACROS.items()
-    ]
+    macros = [f"--gin.{k}={MACROS[k]}" for k in TRAIN_MACROS]
+    argv = [f"--gin_file={MODEL_GIN}", "--gin_file=runs/finetune.gin", *macros]
     args = gin_flags.parse([*argv, "--gin.BATCH_SIZE=16"], "flan-jax train")
     assert args.gin_file == [MODEL_GIN, "runs/finetune.gin"]
     assert gin.query_parameter("%BATCH_SIZE") == 16

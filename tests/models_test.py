@@ -15,19 +15,36 @@ from flan_jax.decoding import DecodeConfig
 
 T5X_TINY = os.path.join(FIXTURES_DIR, "t5x_tiny")
 TINY_T5 = network.TransformerConfig(
-    vocab_size=384, emb_dim=128, num_heads=4, head_dim=32, mlp_dim=512, num_encoder_layers=2, num_decoder_layers=2
+    vocab_size=384,
+    emb_dim=128,
+    num_heads=4,
+    head_dim=32,
+    mlp_dim=512,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
 )
 LLAMA = network.TransformerConfig(
-    vocab_size=64, emb_dim=32, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64, num_decoder_layers=2,
-    mlp_activations=("silu", "linear"), position_embedding="rope", rope_theta=500.0, scale_attention_logits=True,
-)  # fmt: skip
+    vocab_size=64,
+    emb_dim=32,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    mlp_dim=64,
+    num_decoder_layers=2,
+    mlp_activations=("silu", "linear"),
+    position_embedding="rope",
+    rope_theta=500.0,
+    scale_attention_logits=True,
+)
 
 
 @pytest.fixture(scope="module")
 def t5x():
     import orbax.checkpoint as ocp
 
-    params = ocp.PyTreeCheckpointer().restore(os.path.join(T5X_TINY, "orbax/checkpoint_100/state"))["target"]
+    params = ocp.PyTreeCheckpointer().restore(os.path.join(T5X_TINY, "orbax/checkpoint_100/state"))[
+        "target"
+    ]
     data = dict(np.load(os.path.join(T5X_TINY, "batch_and_logits.npz")))
     return models.EncoderDecoderModel(TINY_T5), params, data
 
@@ -70,10 +87,14 @@ def test_t5x_fixture_unpacked_rows_without_segment_ids(t5x):
 def test_t5x_fixture_greedy_and_beam1_decodes(t5x):
     model, params, data = t5x
     batch = {"encoder_input_tokens": data["greedy_inputs"]}
-    greedy = jax.jit(lambda p, b: model.predict_batch(p, b, decode=DecodeConfig(max_decode_len=16)))(params, batch)
+    greedy = jax.jit(
+        lambda p, b: model.predict_batch(p, b, decode=DecodeConfig(max_decode_len=16))
+    )(params, batch)
     np.testing.assert_array_equal(greedy, data["greedy_outputs"])
     beam = DecodeConfig(method="beam", num_beams=1, alpha=0.6, max_decode_len=16)
-    tokens, aux = jax.jit(lambda p, b: model.predict_batch_with_aux(p, b, decode=beam))(params, batch)
+    tokens, aux = jax.jit(lambda p, b: model.predict_batch_with_aux(p, b, decode=beam))(
+        params, batch
+    )
     np.testing.assert_array_equal(tokens[:, 0], data["beam1_outputs"])
     np.testing.assert_allclose(aux["scores"][:, 0], data["beam1_scores"], rtol=1e-5)
 
@@ -84,7 +105,9 @@ def test_score_batch_is_sum_of_target_log_likelihoods(t5x):
     batch = {k: data[k] for k in BATCH_KEYS}
     scores = jax.jit(model.score_batch)(params, batch)
     log_probs = jax.nn.log_softmax(data["logits"].astype(np.float64), axis=-1)
-    picked = np.take_along_axis(log_probs, data["decoder_target_tokens"][..., None], axis=-1)[..., 0]
+    picked = np.take_along_axis(log_probs, data["decoder_target_tokens"][..., None], axis=-1)[
+        ..., 0
+    ]
     np.testing.assert_allclose(scores, (picked * data["decoder_loss_weights"]).sum(-1), rtol=1e-5)
 
 
@@ -100,14 +123,22 @@ def test_loss_normalizing_factor_and_label_smoothing():
     np.testing.assert_allclose(total, (nll * weights).sum(), rtol=1e-6)
     assert z == 0.0 and wsum == 3.0
     per_token = models.LossConfig(z_loss=0.0, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
-    np.testing.assert_allclose(models.cross_entropy_loss(logits, targets, weights, per_token)[0], total / 3, rtol=1e-6)
+    np.testing.assert_allclose(
+        models.cross_entropy_loss(logits, targets, weights, per_token)[0], total / 3, rtol=1e-6
+    )
     fixed = models.LossConfig(z_loss=0.0, loss_normalizing_factor=10.0)
-    np.testing.assert_allclose(models.cross_entropy_loss(logits, targets, weights, fixed)[0], total / 10, rtol=1e-6)
+    np.testing.assert_allclose(
+        models.cross_entropy_loss(logits, targets, weights, fixed)[0], total / 10, rtol=1e-6
+    )
     # Label smoothing 0.1 over 5 classes: KL(soft || p) = CE(soft, p) - H(soft).
     smooth = models.LossConfig(z_loss=0.0, label_smoothing=0.1)
     soft = jax.nn.one_hot(targets, 5) * 0.875 + 0.025
     kl = -(soft * lp).sum(-1) + (soft * np.log(soft)).sum(-1)
-    np.testing.assert_allclose(models.cross_entropy_loss(logits, targets, weights, smooth)[0], (kl * weights).sum(), rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        models.cross_entropy_loss(logits, targets, weights, smooth)[0],
+        (kl * weights).sum(),
+        rtol=1e-5,
+    )
     with pytest.raises(ValueError, match="'NUM_TOKENS'"):
         models.LossConfig(loss_normalizing_factor="NUM_TOKENS")
 
@@ -134,7 +165,12 @@ def test_decoder_only_prefill_and_cached_steps_equal_full_forward(bidirectional)
     prompt_mask = (np.arange(width) < lengths[:, None]).astype(np.int32)
     prompt = np.where(prompt_mask, seqs[:, :width], 0)
     step_fn, cache, first = model._decoding_setup(
-        params, {"decoder_input_tokens": jnp.asarray(prompt), "decoder_causal_attention": jnp.asarray(prompt_mask)}, steps
+        params,
+        {
+            "decoder_input_tokens": jnp.asarray(prompt),
+            "decoder_causal_attention": jnp.asarray(prompt_mask),
+        },
+        steps,
     )
     # Causal (after the prefix): position k of the full pass only sees tokens <= k.
     causal = (np.arange(10) < lengths[:, None]).astype(np.int32) if bidirectional else None
@@ -165,7 +201,13 @@ def test_decoder_only_predict_greedy_matches_argmax_rollout():
 
 def test_encoder_decoder_cached_steps_equal_full_forward():
     cfg = network.TransformerConfig(
-        vocab_size=50, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32, num_encoder_layers=1, num_decoder_layers=2
+        vocab_size=50,
+        emb_dim=16,
+        num_heads=2,
+        head_dim=8,
+        mlp_dim=32,
+        num_encoder_layers=1,
+        num_decoder_layers=2,
     )
     model = models.EncoderDecoderModel(cfg)
     params = _init(model, {"encoder_input_tokens": (1, 6), "decoder_input_tokens": (1, 5)})

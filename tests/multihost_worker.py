@@ -12,12 +12,14 @@ local batch and its fingerprint (the trainer records the fingerprints of the bat
 trained on in MODEL_DIR/batches/, so the test can tie the two together).
 """
 
+# ruff: noqa: E402  (JAX's device count is set from the flags before anything imports JAX work)
 from __future__ import annotations
 
 import argparse
 import os
 import signal
 import sys
+import time
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -31,8 +33,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--mesh", default="1,2,2", help="data,fsdp,model sizes")
     p.add_argument("--batch_size", type=int, default=8, help="global batch")
     p.add_argument("--checkpoint_period", type=int, default=3)
-    p.add_argument("--heartbeat_timeout", type=int, default=5, help="seconds; a dead peer fails the job")
-    p.add_argument("--crash_at_step", type=int, default=0, help="SIGKILL self when fetching this step's batch")
+    p.add_argument(
+        "--heartbeat_timeout", type=int, default=5, help="seconds; a dead peer fails the job"
+    )
+    p.add_argument(
+        "--crash_at_step", type=int, default=0, help="SIGKILL self when fetching this step's batch"
+    )
     return p.parse_args(argv)
 
 
@@ -43,15 +49,23 @@ if ARGS is not None:  # devices must be set before JAX initialises its backend
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", ARGS.local_devices)
 
-import json  # noqa: E402
+import json
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import seqio  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
 
-from flan_jax import checkpoints, input_pipeline, models, network, optimizer, partitioning  # noqa: E402
-from flan_jax import train, train_state  # noqa: E402
+from flan_jax import (
+    checkpoints,
+    input_pipeline,
+    models,
+    network,
+    optimizer,
+    partitioning,
+    train,
+    train_state,
+)
 
 TASK = "multihost_test_addition"
 NUM_EXAMPLES = 256
@@ -134,15 +148,22 @@ def record_local_data(args: argparse.Namespace, model, data) -> None:
             f.write(json.dumps(record) + "\n")
 
 
-def crash_at(step: int) -> None:
-    """Kills this process (SIGKILL, like a lost host) when the trainer fetches batch `step`."""
+def crash_at(step: int, model_dir: str, checkpoint_period: int) -> None:
+    """Kills this process (SIGKILL, like a lost host) when the trainer fetches batch `step`,
+    once the last checkpoint before it is committed (async saves finish in the background)."""
     original = input_pipeline.make_global_batch
     fetched = 0
+    committed = os.path.join(
+        model_dir, "checkpoints", str((step - 1) // checkpoint_period * checkpoint_period)
+    )
 
     def make_global_batch(local, mesh, global_batch_size):
         nonlocal fetched
         fetched += 1
         if fetched == step:
+            deadline = time.monotonic() + 120
+            while not os.path.isdir(committed) and time.monotonic() < deadline:
+                time.sleep(0.1)
             print(f"process {jax.process_index()}: crashing at step {step}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
         return original(local, mesh, global_batch_size)
@@ -163,7 +184,7 @@ def main(args: argparse.Namespace) -> int:
     model, data = tiny_model(), data_config(args.batch_size)
     record_local_data(args, model, data)
     if args.crash_at_step:
-        crash_at(args.crash_at_step)
+        crash_at(args.crash_at_step, args.model_dir, args.checkpoint_period)
     train.train(
         model=model,
         data=data,

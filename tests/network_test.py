@@ -2,23 +2,37 @@
 
 import os
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
 
+import gin
 from flan_jax import models, network
 
 GIN_MODELS = os.path.join(os.path.dirname(__file__), "..", "gin", "models")
 ENC_DEC = network.TransformerConfig(
-    vocab_size=40, emb_dim=16, num_heads=4, head_dim=4, mlp_dim=32, num_encoder_layers=2, num_decoder_layers=2
+    vocab_size=40,
+    emb_dim=16,
+    num_heads=4,
+    head_dim=4,
+    mlp_dim=32,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
 )
 DEC = network.TransformerConfig(
-    vocab_size=40, emb_dim=16, num_heads=4, num_kv_heads=2, head_dim=4, mlp_dim=32, num_decoder_layers=3,
-    mlp_activations=("silu", "linear"), position_embedding="rope", scale_attention_logits=True,
-)  # fmt: skip
+    vocab_size=40,
+    emb_dim=16,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=4,
+    mlp_dim=32,
+    num_decoder_layers=3,
+    mlp_activations=("silu", "linear"),
+    position_embedding="rope",
+    scale_attention_logits=True,
+)
 ENC_DEC_BATCH = {
     "encoder_input_tokens": jnp.array([[3, 4, 5, 1, 7, 8, 1, 0], [9, 10, 11, 12, 1, 0, 0, 0]]),
     "encoder_segment_ids": jnp.array([[1, 1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 1, 0, 0, 0]]),
@@ -67,13 +81,19 @@ def test_gin_size_configs_have_published_parameter_counts(name):
 
 
 def _init(model, shapes):
-    return nn.unbox(jax.jit(lambda r: model.get_initial_variables(r, shapes)["params"])(jax.random.key(0)))
+    return nn.unbox(
+        jax.jit(lambda r: model.get_initial_variables(r, shapes)["params"])(jax.random.key(0))
+    )
 
 
 def _stack_layers(tree: dict) -> dict:
     """Plain params (`layers_{i}`) -> scanned layout (`layers` with a leading layer axis)."""
     names = sorted((k for k in tree if k.startswith("layers_")), key=lambda k: int(k.split("_")[1]))
-    out = {k: (_stack_layers(v) if isinstance(v, dict) else v) for k, v in tree.items() if k not in names}
+    out = {
+        k: (_stack_layers(v) if isinstance(v, dict) else v)
+        for k, v in tree.items()
+        if k not in names
+    }
     if names:
         out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[tree[k] for k in names])
     return out
@@ -84,7 +104,10 @@ def _loss(cfg, params, batch, cls):
     return jax.jit(cls(cfg, **kw).loss_fn)(params, batch, None)[0]
 
 
-CASES = [(ENC_DEC, ENC_DEC_BATCH, models.EncoderDecoderModel), (DEC, DEC_BATCH, models.DecoderOnlyModel)]
+CASES = [
+    (ENC_DEC, ENC_DEC_BATCH, models.EncoderDecoderModel),
+    (DEC, DEC_BATCH, models.DecoderOnlyModel),
+]
 
 
 @pytest.mark.parametrize("cfg,batch,cls", CASES, ids=["enc_dec", "decoder_only"])
@@ -92,28 +115,40 @@ def test_scan_remat_and_attention_impl_give_the_same_loss(cfg, batch, cls):
     shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
     params = _init(cls(cfg), shapes)
     reference = _loss(cfg, params, batch, cls)
-    scanned_cfg = network.TransformerConfig(**{**vars(cfg), "scan_layers": True, "remat_policy": "full"})
+    scanned_cfg = network.TransformerConfig(
+        **{**vars(cfg), "scan_layers": True, "remat_policy": "full"}
+    )
     scanned = _init(cls(scanned_cfg), shapes)
     assert jax.tree.map(jnp.shape, scanned) == jax.tree.map(jnp.shape, _stack_layers(params))
-    np.testing.assert_allclose(_loss(scanned_cfg, _stack_layers(params), batch, cls), reference, rtol=1e-5)
+    np.testing.assert_allclose(
+        _loss(scanned_cfg, _stack_layers(params), batch, cls), reference, rtol=1e-5
+    )
     for option in (
         {"remat_policy": "dots_with_no_batch_dims_saveable"},
         {"attention_impl": "dot_product_attention"},
         {"one_hot_embed": False},
     ):
         variant = network.TransformerConfig(**{**vars(cfg), **option})
-        np.testing.assert_allclose(_loss(variant, params, batch, cls), reference, rtol=1e-5, err_msg=str(option))
+        np.testing.assert_allclose(
+            _loss(variant, params, batch, cls), reference, rtol=1e-5, err_msg=str(option)
+        )
 
 
 def test_scan_gradients_match_plain():
     shapes = {"decoder_input_tokens": (1, 8)}
     model = models.DecoderOnlyModel(DEC, inputs_bidirectional_attention=True)
     params = _init(model, shapes)
-    scan_cfg = network.TransformerConfig(**{**vars(DEC), "scan_layers": True, "remat_policy": "full"})
+    scan_cfg = network.TransformerConfig(
+        **{**vars(DEC), "scan_layers": True, "remat_policy": "full"}
+    )
     scan_model = models.DecoderOnlyModel(scan_cfg, inputs_bidirectional_attention=True)
     grads = jax.jit(jax.grad(lambda p: model.loss_fn(p, DEC_BATCH, None)[0]))(params)
-    scan_grads = jax.jit(jax.grad(lambda p: scan_model.loss_fn(p, DEC_BATCH, None)[0]))(_stack_layers(params))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), _stack_layers(grads), scan_grads)
+    scan_grads = jax.jit(jax.grad(lambda p: scan_model.loss_fn(p, DEC_BATCH, None)[0]))(
+        _stack_layers(params)
+    )
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), _stack_layers(grads), scan_grads
+    )
 
 
 def test_scanned_decode_cache_is_batch_major_and_matches_plain():
@@ -147,17 +182,32 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 
 
 def test_original_t5_ties_logits_to_the_scaled_embedding():
-    cfg = network.TransformerConfig(**{**vars(ENC_DEC), "mlp_activations": ("relu",), "logits_via_embedding": True})
-    params = _init(models.EncoderDecoderModel(cfg), {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 5)})
+    cfg = network.TransformerConfig(
+        **{**vars(ENC_DEC), "mlp_activations": ("relu",), "logits_via_embedding": True}
+    )
+    params = _init(
+        models.EncoderDecoderModel(cfg),
+        {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 5)},
+    )
     assert "logits_dense" not in params["decoder"]
     assert set(params["decoder"]["layers_0"]["mlp"]) == {"wi", "wo"}
     module = network.EncoderDecoder(cfg)
     b = ENC_DEC_BATCH
-    logits = module.apply({"params": params}, b["encoder_input_tokens"], b["decoder_input_tokens"], b["decoder_target_tokens"])  # fmt: skip
+    logits = module.apply(
+        {"params": params},
+        b["encoder_input_tokens"],
+        b["decoder_input_tokens"],
+        b["decoder_target_tokens"],
+    )
     # Zero the embedding row of token 5: its logit must be exactly 0 (logits = x @ E.T / sqrt(d)).
     zeroed = jax.tree.map(lambda x: x, params)
     zeroed["token_embedder"]["embedding"] = params["token_embedder"]["embedding"].at[39].set(0.0)
-    logits_zero = module.apply({"params": zeroed}, b["encoder_input_tokens"], b["decoder_input_tokens"], b["decoder_target_tokens"])  # fmt: skip
+    logits_zero = module.apply(
+        {"params": zeroed},
+        b["encoder_input_tokens"],
+        b["decoder_input_tokens"],
+        b["decoder_target_tokens"],
+    )
     np.testing.assert_array_equal(logits_zero[..., 39], 0.0)
     np.testing.assert_allclose(logits_zero[..., :39], logits[..., :39], atol=1e-6)
 
@@ -166,7 +216,10 @@ def test_original_t5_ties_logits_to_the_scaled_embedding():
     "change,message",
     [
         ({"mlp_activations": ("gelu", "swish")}, "unknown MLP activation 'swish'"),
-        ({"num_heads": 4, "num_kv_heads": 3}, r"num_heads \(4\) must be a multiple of num_kv_heads \(3\)"),
+        (
+            {"num_heads": 4, "num_kv_heads": 3},
+            r"num_heads \(4\) must be a multiple of num_kv_heads \(3\)",
+        ),
         ({"remat_policy": "everything"}, "remat_policy 'everything'"),
         ({"attention_impl": "flash"}, "attention_impl 'flash' is unknown"),
         ({"dtype": "float16"}, "dtype 'float16' is unknown"),

@@ -1,4 +1,4 @@
-"""Golden partition specs of every parameter of the tiny configs; sharded == single-device forward."""
+"""Golden partition specs of every tiny-config parameter; sharded == single-device forward."""
 
 import jax
 import jax.numpy as jnp
@@ -10,14 +10,30 @@ from jax.sharding import NamedSharding, PartitionSpec
 from flan_jax import models, network, partitioning
 
 T5_TINY = network.TransformerConfig(
-    vocab_size=384, emb_dim=128, num_heads=4, head_dim=32, mlp_dim=512, num_encoder_layers=2, num_decoder_layers=2
+    vocab_size=384,
+    emb_dim=128,
+    num_heads=4,
+    head_dim=32,
+    mlp_dim=512,
+    num_encoder_layers=2,
+    num_decoder_layers=2,
 )
 # PaLM-style: multi-query, parallel block, shared embedding, scanned layers.
 PALM_TINY = network.TransformerConfig(
-    vocab_size=384, emb_dim=64, num_heads=4, num_kv_heads=1, head_dim=16, mlp_dim=128, num_decoder_layers=2,
-    mlp_activations=("silu", "linear"), position_embedding="rope", scale_attention_logits=True,
-    parallel_block=True, logits_via_embedding=True, scan_layers=True,
-)  # fmt: skip
+    vocab_size=384,
+    emb_dim=64,
+    num_heads=4,
+    num_kv_heads=1,
+    head_dim=16,
+    mlp_dim=128,
+    num_decoder_layers=2,
+    mlp_activations=("silu", "linear"),
+    position_embedding="rope",
+    scale_attention_logits=True,
+    parallel_block=True,
+    logits_via_embedding=True,
+    scan_layers=True,
+)
 
 IN_KV, KV_OUT, NORM = ("fsdp", "model"), ("model", "fsdp"), (None,)
 ATTN = {"query/kernel": IN_KV, "key/kernel": IN_KV, "value/kernel": IN_KV, "out/kernel": KV_OUT}
@@ -35,10 +51,16 @@ def _t5_golden() -> dict[str, tuple]:
     }
     for i in range(2):
         enc, dec = f"encoder/layers_{i}/", f"decoder/layers_{i}/"
-        golden.update({enc + n: NORM for n in ("pre_attention_layer_norm/scale", "pre_mlp_layer_norm/scale")})
+        golden.update(
+            {enc + n: NORM for n in ("pre_attention_layer_norm/scale", "pre_mlp_layer_norm/scale")}
+        )
         golden.update({enc + "attention/" + k: v for k, v in ATTN.items()})
         golden.update({enc + k: v for k, v in MLP.items()})
-        for norm in ("pre_self_attention_layer_norm", "pre_cross_attention_layer_norm", "pre_mlp_layer_norm"):
+        for norm in (
+            "pre_self_attention_layer_norm",
+            "pre_cross_attention_layer_norm",
+            "pre_mlp_layer_norm",
+        ):
             golden[dec + norm + "/scale"] = NORM
         golden.update({dec + "self_attention/" + k: v for k, v in ATTN.items()})
         golden.update({dec + "encoder_decoder_attention/" + k: v for k, v in ATTN.items()})
@@ -52,7 +74,11 @@ PALM_GOLDEN = {
     # scanned: a leading, replicated `layers` axis
     "decoder/layers/pre_self_attention_layer_norm/scale": (None, None),
     "decoder/layers/self_attention/query/kernel": (None, "fsdp", "model"),
-    "decoder/layers/self_attention/key/kernel": (None, "fsdp", None),  # multi-query: ('embed', 'kv')
+    "decoder/layers/self_attention/key/kernel": (
+        None,
+        "fsdp",
+        None,
+    ),  # multi-query: ('embed', 'kv')
     "decoder/layers/self_attention/value/kernel": (None, "fsdp", None),
     "decoder/layers/self_attention/out/kernel": (None, "model", "fsdp"),
     "decoder/layers/mlp/wi_0/kernel": (None, "fsdp", "model"),
@@ -64,11 +90,15 @@ PALM_GOLDEN = {
 def _mesh_specs(model, shapes) -> dict[str, tuple]:
     boxed = jax.eval_shape(lambda: model.get_initial_variables(jax.random.key(0), shapes)["params"])
     logical = nn.get_partition_spec(boxed)
-    flat = jax.tree_util.tree_flatten_with_path(logical, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]
+    flat = jax.tree_util.tree_flatten_with_path(
+        logical, is_leaf=lambda x: isinstance(x, PartitionSpec)
+    )[0]
     out = {}
     for path, spec in flat:
         mesh_spec = partitioning.logical_to_mesh_spec(tuple(spec))
-        out["/".join(p.key for p in path)] = tuple(mesh_spec) + (None,) * (len(spec) - len(mesh_spec))
+        out["/".join(p.key for p in path)] = tuple(mesh_spec) + (None,) * (
+            len(spec) - len(mesh_spec)
+        )
     return out
 
 
@@ -92,7 +122,9 @@ def _random_batch(rows: int) -> dict[str, jnp.ndarray]:
     return {
         "encoder_input_tokens": enc,
         "decoder_target_tokens": tgt,
-        "decoder_input_tokens": np.concatenate([np.zeros((rows, 1), np.int32), tgt[:, :-1]], axis=1),
+        "decoder_input_tokens": np.concatenate(
+            [np.zeros((rows, 1), np.int32), tgt[:, :-1]], axis=1
+        ),
         "decoder_loss_weights": (tgt > 0).astype(np.int32),
     }
 
@@ -101,7 +133,9 @@ def _random_batch(rows: int) -> dict[str, jnp.ndarray]:
 @pytest.mark.parametrize("cfg", [T5_TINY, PALM_TINY], ids=["t5", "palm"])
 def test_sharded_forward_equals_single_device(mesh_shape, cfg):
     model = (models.EncoderDecoderModel if cfg.num_encoder_layers else models.DecoderOnlyModel)(cfg)
-    boxed = jax.jit(lambda r: model.get_initial_variables(r, ENC_DEC_SHAPES)["params"])(jax.random.key(1))
+    boxed = jax.jit(lambda r: model.get_initial_variables(r, ENC_DEC_SHAPES)["params"])(
+        jax.random.key(1)
+    )
     params, batch = nn.unbox(boxed), _random_batch(8)
     reference = jax.jit(model._logits)(params, batch, None)
 

@@ -37,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     mix_stats.add_argument("--feature_lengths", default="inputs=512,targets=128")
     mix_stats.add_argument("--split", default="train")
     mix_stats.add_argument("--sample", type=int, default=200, help="examples per task")
+    mix_stats.add_argument(
+        "--decontaminate",
+        action="store_true",
+        help="also check that no evaluation example (MMLU, BBH, GSM8K test, held-out "
+        "clusters) appears in the mixture (normalised 13-gram overlap)",
+    )
     return parser
 
 
@@ -98,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"== {args.name}: {len(rows)} tasks, feature lengths {args.feature_lengths}")
             print(stats.format_table(rows))
+            if args.decontaminate:
+                from flan_jax.data import decontaminate  # noqa: PLC0415
+
+                print(decontaminate.format_report(decontaminate.check_mixture(args.name)))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

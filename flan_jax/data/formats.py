@@ -1,8 +1,6 @@
 """Prompt formats: zero-shot with/without options, few-shot, chain-of-thought (pure Python).
 
-Worked example (fixed options, template `{premise}\\nIs "{hypothesis}" true?\\n{options_}`):
-`{"premise": "Ann is 9.", "hypothesis": "Ann is 9.", "answer": "yes"}` renders to inputs
-`'Ann is 9.\\nIs "Ann is 9." true?\\nOPTIONS:\\n- yes\\n- no'` and targets `'yes'`.
+Rendering is deterministic: every random choice comes from a (seed, task, split, index) stream.
 """
 
 from __future__ import annotations
@@ -107,6 +105,10 @@ def render_zero_shot(
     style: OptionStyle = FIXED_STYLE,
 ) -> tuple[str, str, list[str]]:
     """Renders one example with one template.
+
+    Example: template `{premise}\\nIs "{hypothesis}" true?\\n{options_}`, options ["yes", "no"],
+    `{"premise": "Ann is 9.", "hypothesis": "Ann is 9.", "answer": "yes"}` -> inputs
+    `'Ann is 9.\\nIs "Ann is 9." true?\\nOPTIONS:\\n- yes\\n- no'`, targets `'yes'`.
 
     Returns:
         (inputs, targets, scorable_targets): the last lists the target each option would give

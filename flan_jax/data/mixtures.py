@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import seqio
-import yaml
 
 from flan_jax.data import formats as formats_lib
 from flan_jax.data import tasks as tasks_lib
+from flan_jax.data.templates import read_yaml
 from flan_jax.specs import spec_dir
 
 DEFAULT_CAP = 3000  # FLAN 2021's examples-proportional cap per task
@@ -84,8 +84,7 @@ def mixture_spec_files(root: str | pathlib.Path | None = None) -> list[pathlib.P
 def load_mixture_spec(spec: str | pathlib.Path | Mapping[str, Any]) -> MixtureSpec:
     """Loads a MixtureSpec from a YAML path or a mapping."""
     if isinstance(spec, (str, pathlib.Path)):
-        with open(spec) as f:
-            data, where = yaml.safe_load(f), str(spec)
+        data, where = read_yaml(spec), str(spec)
     else:
         data, where = spec, f"mixture spec {spec.get('name')!r}"
     known = {f.name for f in dataclasses.fields(MixtureSpec)}

@@ -5,18 +5,28 @@ seqio's `trim_and_pack_dataset` packs greedily (next fit, in arrival order, over
 puts each into the fullest row it still fits, so rows carry fewer pad tokens. The output keys,
 shapes and dtypes are seqio's, so the feature converters below are drop-in replacements.
 
-A worked example (byte vocabulary: "hi" -> [107, 108], EOS = 1; lengths inputs 6, targets 4):
+Worked example (byte vocabulary: id = byte + 3, EOS = 1; lengths inputs 8, targets 4), a
+task counting letters: "hi" -> "2", "hello" -> "5", "abcd" -> "4", "a" -> "1":
 
-    examples: {"inputs": [107, 108, 1],      "targets": [52, 1]}      # "hi"  -> "1"
-              {"inputs": [108, 1],           "targets": [53, 54, 1]}  # "i"   -> "23"
-              {"inputs": [107, 108, 108, 1], "targets": [53, 1]}      # "hii" -> "2"
-    greedy (seqio):  row 1 = examples 1+2, row 2 = example 3     (two rows, 8 + 6 pad slots)
-    best fit:        row 1 = examples 1+2 (inputs 5/6, targets 5/4? no: 2+3 = 5 > 4) ...
+    {"inputs": [107, 108, 1],                "targets": [53, 1]}
+    {"inputs": [107, 104, 111, 111, 114, 1], "targets": [56, 1]}
+    {"inputs": [100, 101, 102, 103, 1],      "targets": [55, 1]}
+    {"inputs": [100, 1],                     "targets": [52, 1]}
 
-The joint rule matters: an example fits a row only if *every* feature fits. Here example 2's
-targets (3) do not fit beside example 1's (2) in 4 slots, so best fit places example 3 with
-example 1 instead (inputs 3+4 > 6 does not fit either), and all three take their own rows; see
-`tests/packing_test.py` for the exact arrays of a case where packing pays off.
+seqio (greedy, in order) needs three rows: [hi], [hello], [abcd, a]. Best fit places the
+largest first (hello, abcd, hi, a) into the fullest row that still fits, giving two full rows:
+
+    encoder_input_tokens  [107, 108, 1, 100, 101, 102, 103, 1] [107, 104, 111, 111, 114, 1, 100, 1]
+    encoder_segment_ids   [1, 1, 1, 2, 2, 2, 2, 2]             [1, 1, 1, 1, 1, 1, 2, 2]
+    encoder_positions     [0, 1, 2, 0, 1, 2, 3, 4]             [0, 1, 2, 3, 4, 5, 0, 1]
+    decoder_target_tokens [53, 1, 55, 1]                       [56, 1, 52, 1]
+    decoder_input_tokens  [0, 53, 0, 55]                       [0, 56, 0, 52]
+    decoder_segment_ids   [1, 1, 2, 2]                         [1, 1, 2, 2]
+    decoder_positions     [0, 1, 0, 1]                         [0, 1, 0, 1]
+    decoder_loss_weights  [1, 1, 1, 1]                         [1, 1, 1, 1]
+
+Rows come out in the order of their first example and segments in arrival order, so when
+best fit groups examples as greedy does, every array equals seqio's.
 """
 
 from __future__ import annotations
@@ -33,7 +43,9 @@ KINDS = ("enc_dec", "decoder", "prefix_lm", "lm")
 
 def _validate(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], buffer_size: int) -> None:
     if buffer_size < 1:
-        raise ValueError(f"buffer_size ({buffer_size}) must be >= 1; use e.g. {DEFAULT_BUFFER_SIZE}")
+        raise ValueError(
+            f"buffer_size ({buffer_size}) must be >= 1; use e.g. {DEFAULT_BUFFER_SIZE}"
+        )
     if not feature_lengths:
         raise ValueError("feature_lengths is empty; pass e.g. {'inputs': 256, 'targets': 64}")
     for k, n in feature_lengths.items():
@@ -44,7 +56,8 @@ def _validate(ds: tf.data.Dataset, feature_lengths: Mapping[str, int], buffer_si
             )
         if ds.element_spec[k].shape.rank != 1:
             raise ValueError(
-                f"feature {k!r} has shape {ds.element_spec[k].shape}; packing needs 1-D token sequences"
+                f"feature {k!r} has shape {ds.element_spec[k].shape}; "
+                "packing needs 1-D token sequences"
             )
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"feature_lengths[{k!r}] = {n!r}; expected a positive int")
@@ -109,7 +122,9 @@ def _pack_buffer(batch: Mapping[str, tf.RaggedTensor], feature_lengths: Mapping[
         seq_len = tf.cast(tokens.row_lengths(), tf.int32)
         offset = _rank_within_group(seq_len, sorted_row, num_rows)
         seg = tf.cast(tokens.value_rowids(), tf.int32)
-        pos = tf.range(tf.size(seg), dtype=tf.int32) - tf.gather(tf.cast(tokens.row_starts(), tf.int32), seg)
+        pos = tf.range(tf.size(seg), dtype=tf.int32) - tf.gather(
+            tf.cast(tokens.row_starts(), tf.int32), seg
+        )
         where = tf.stack([tf.gather(sorted_row, seg), tf.gather(offset, seg) + pos], axis=1)
         shape = tf.stack([num_rows, feature_lengths[k]])
         packed[k] = tf.scatter_nd(where, tf.cast(tokens.flat_values, tf.int32), shape)
@@ -136,17 +151,15 @@ def trim_and_pack(
     window of `buffer_size` examples is packed on its own (the last may be shorter), so the
     transformation streams, is deterministic and is a plain tf.data graph (checkpointable).
 
-    Example (lengths {"inputs": 4, "targets": 3}):
+    Example (lengths {"inputs": 4, "targets": 3}): the inputs of the first two examples
+    would share a row (2 + 2 <= 4) but their targets would not (2 + 2 > 3):
 
-        {"inputs": [7, 1],       "targets": [9, 1]}
-        {"inputs": [8, 5, 1],    "targets": [4, 1]}
-        {"inputs": [3, 1],       "targets": [6, 1]}
+        {"inputs": [7, 1], "targets": [9, 1]}, {"inputs": [3, 1], "targets": [6, 1]}
       ->
-        {"inputs": [8, 5, 1, 0],  "inputs_segment_ids": [1, 1, 1, 0],  "inputs_positions": [0, 1, 2, 0],
-         "targets": [4, 1, 0],    "targets_segment_ids": [1, 1, 0],    "targets_positions": [0, 1, 0]}
-        {"inputs": [7, 1, 3, 1], "inputs_segment_ids": [1, 1, 2, 2], "inputs_positions": [0, 1, 0, 1],
-         "targets": [9, 1, 0],   "targets_segment_ids": [1, 1, 0],   "targets_positions": [0, 1, 0]}
-        {"inputs": [3, 1, 0, 0], ...}   # (targets 2 + 2 > 3, so example 3 cannot join row 2)
+        {"inputs": [7, 1, 0, 0], "inputs_segment_ids": [1, 1, 0, 0],
+         "inputs_positions": [0, 1, 0, 0], "targets": [9, 1, 0],
+         "targets_segment_ids": [1, 1, 0], "targets_positions": [0, 1, 0]}
+        {"inputs": [3, 1, 0, 0], ..., "targets": [6, 1, 0], ...}
 
     Args:
       ds: examples with 1-D integer features named in `feature_lengths` (others are dropped).
@@ -169,7 +182,9 @@ def trim_and_pack(
 
     def set_shapes(row):
         for k, v in row.items():
-            v.set_shape([feature_lengths[k.removesuffix("_segment_ids").removesuffix("_positions")]])
+            v.set_shape(
+                [feature_lengths[k.removesuffix("_segment_ids").removesuffix("_positions")]]
+            )
         return row
 
     return ds.map(set_shapes, num_parallel_calls=tf.data.AUTOTUNE)
@@ -180,7 +195,9 @@ class _BestFitPacking:
 
     def __init__(self, *args, buffer_size: int = DEFAULT_BUFFER_SIZE, **kwargs) -> None:
         if buffer_size < 1:
-            raise ValueError(f"buffer_size ({buffer_size}) must be >= 1; use e.g. {DEFAULT_BUFFER_SIZE}")
+            raise ValueError(
+                f"buffer_size ({buffer_size}) must be >= 1; use e.g. {DEFAULT_BUFFER_SIZE}"
+            )
         self._buffer_size = buffer_size
         super().__init__(*args, **kwargs)
 
@@ -188,7 +205,9 @@ class _BestFitPacking:
     def buffer_size(self) -> int:
         return self._buffer_size
 
-    def _pack_or_pad(self, ds: tf.data.Dataset, packed_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    def _pack_or_pad(
+        self, ds: tf.data.Dataset, packed_lengths: Mapping[str, int]
+    ) -> tf.data.Dataset:
         if not self.pack:
             return super()._pack_or_pad(ds, packed_lengths)
         if self._passthrough_features:
@@ -208,11 +227,11 @@ class BestFitLMFeatureConverter(_BestFitPacking, seqio.LMFeatureConverter):
 
 
 class BestFitPrefixLMFeatureConverter(_BestFitPacking, seqio.PrefixLMFeatureConverter):
-    """`seqio.PrefixLMFeatureConverter` (inputs + targets in one decoder row) with best-fit packing."""
+    """`seqio.PrefixLMFeatureConverter` (inputs + targets in one row) with best-fit packing."""
 
 
 class BestFitDecoderFeatureConverter(seqio.DecoderFeatureConverter):
-    """`seqio.DecoderFeatureConverter` (LM or prefix LM by the task features) with best-fit packing."""
+    """`seqio.DecoderFeatureConverter` (LM or prefix LM by task features) with best-fit packing."""
 
     def __init__(self, *, buffer_size: int = DEFAULT_BUFFER_SIZE, **kwargs) -> None:
         super().__init__(**kwargs)

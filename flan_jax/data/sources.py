@@ -80,6 +80,19 @@ def source_from_dict(data: Mapping[str, Any]) -> SourceSpec:
     return SourceSpec(**data)
 
 
+def relative_to(source: Any, base_dir: str | None) -> Any:
+    """File paths in a spec's source that are relative resolve against the spec's folder."""
+    if not base_dir or not isinstance(source, Mapping):
+        return source
+    if source.get("type") not in FILE_TYPES or not isinstance(source.get("splits"), Mapping):
+        return source
+    splits = {
+        split: path if path.startswith(("$", "/", "~")) else str(pathlib.Path(base_dir) / path)
+        for split, path in source["splits"].items()
+    }
+    return dict(source, splits=splits)
+
+
 def expand_path(path: str) -> pathlib.Path:
     """Expands `$FLAN_JAX_DATA_DIR` (and other variables, `~`) in a data file path."""
     if f"${DATA_DIR_ENV}" in path or f"${{{DATA_DIR_ENV}}}" in path:

@@ -16,7 +16,6 @@ from typing import Any
 
 import seqio
 import tensorflow as tf
-import yaml
 
 from flan_jax.data import formats as formats_lib
 from flan_jax.data import sources
@@ -166,8 +165,7 @@ def load_task_spec(spec: str | pathlib.Path | Mapping[str, Any]) -> TaskSpec:
     base_dir = None
     if isinstance(spec, (str, pathlib.Path)):
         path = pathlib.Path(spec)
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        data = templates_lib.read_yaml(path)
         if not isinstance(data, Mapping):
             raise ValueError(f"task spec {str(path)!r} must be a YAML mapping")
         base_dir = str(path.resolve().parent)
@@ -184,26 +182,11 @@ def load_task_spec(spec: str | pathlib.Path | Mapping[str, Any]) -> TaskSpec:
         raise ValueError(f"{where}: missing required key {missing[0]!r}")
     data = dict(data)
     data.setdefault("base_dir", base_dir)
-    data["source"] = _relative_to(data["source"], data["base_dir"])
+    data["source"] = sources.relative_to(data["source"], data["base_dir"])
     try:
         return TaskSpec(**data)
     except (TypeError, ValueError, FileNotFoundError) as e:
         raise type(e)(f"{where}: {e}") from None
-
-
-def _relative_to(source: Any, base_dir: str | None) -> Any:
-    """File paths in a spec's source that are relative resolve against the spec's folder."""
-    if not base_dir or not isinstance(source, Mapping):
-        return source
-    if source.get("type") not in sources.FILE_TYPES or not isinstance(
-        source.get("splits"), Mapping
-    ):
-        return source
-    splits = {
-        split: path if path.startswith(("$", "/", "~")) else str(pathlib.Path(base_dir) / path)
-        for split, path in source["splits"].items()
-    }
-    return dict(source, splits=splits)
 
 
 # ---------------------------------------------------------------------------------- examples
@@ -348,11 +331,11 @@ def _signature(spec: TaskSpec, fmt: str) -> dict[str, tf.TensorSpec]:
 
 
 def _rendered_dataset(split: str, shuffle_files: bool = False, seed=None, *, spec, fmt):
-    """Source of one variant: examples rendered in Python, in stored order (round-robin).
+    """Source of one variant: examples rendered in Python in stored order (round-robin).
 
-    File and function sources are rendered once and served from memory; TFDS streams.
+    File and function sources are rendered once and served from memory, fully shuffled when
+    `shuffle_files` (seqio's `shuffle`); TFDS streams and relies on seqio's shuffle buffer.
     """
-    del shuffle_files, seed  # rendering is seeded by the spec; seqio shuffles afterwards
     signature = _signature(spec, fmt)
     if spec.source.type == "tfds":
         rows = lambda: _render_rows(spec, fmt, split, _iter_prepared(spec, split))
@@ -368,8 +351,23 @@ def _rendered_dataset(split: str, shuffle_files: bool = False, seed=None, *, spe
         else:
             tensors[k] = tf.reshape(tf.constant(columns[k], sig.dtype), [len(columns[k])])
     ds = tf.data.Dataset.from_tensor_slices(tensors)
+    if shuffle_files and columns["inputs"]:
+        # A fixed default seed keeps hosts in step: seqio shards the examples after this.
+        seed = spec.seed if seed is None else seed
+        ds = ds.shuffle(len(columns["inputs"]), seed=seed, reshuffle_each_iteration=True)
     dense = lambda ex: {k: tf.reshape(v, [-1]) if k in _LIST_KEYS else v for k, v in ex.items()}
     return ds.map(dense)
+
+
+class RenderedSource(seqio.FunctionDataSource):
+    """seqio's FunctionDataSource without its "uncached FunctionDataset" warning: in-memory
+    splits are shuffled whole by `_rendered_dataset`."""
+
+    def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **unused):
+        del unused  # sequence_length, use_cached, num_epochs: unused, as in the parent
+        if shard_info and shard_info.num_shards > 1:
+            raise ValueError("RenderedSource does not shard itself; seqio shards after reading")
+        return self._dataset_fn(split=split, shuffle_files=shuffle, seed=seed)
 
 
 def _prune_few_shot(dataset, sequence_length=None, output_features=None, *, spec):
@@ -415,7 +413,7 @@ def build_tasks(spec: TaskSpec, vocabulary: seqio.Vocabulary | None = None) -> l
     metric_fns, postprocess_fn = _metric_fns(spec)
     result = []
     for fmt in spec.formats:
-        source = seqio.FunctionDataSource(
+        source = RenderedSource(
             functools.partial(_rendered_dataset, spec=spec, fmt=fmt),
             splits=list(spec.source.splits),
             caching_permitted=False,

@@ -7,6 +7,7 @@ placeholders (`{{` and `}}` are literal braces); a set is validated before any t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import string
 from collections.abc import Iterable, Mapping, Sequence
@@ -148,12 +149,22 @@ def templates_from_list(items: Sequence[Any], *, name: str) -> tuple[Template, .
     return tuple(result)
 
 
-def load_template_set(path: str | pathlib.Path) -> TemplateSet:
-    """Loads a template set YAML file; its name is the file stem."""
-    path = pathlib.Path(path)
+def read_yaml(path: str | pathlib.Path) -> Any:
+    """Parses a YAML file with libyaml's fast safe loader when available."""
     with open(path) as f:
-        data = yaml.safe_load(f)
-    return template_set_from_dict(data or {}, name=path.stem)
+        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def load_template_set(path: str | pathlib.Path) -> TemplateSet:
+    """Loads a template set YAML file (cached while the file is unchanged); name: file stem."""
+    path = pathlib.Path(path).resolve()
+    return _load_template_set(path, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _load_template_set(path: pathlib.Path, mtime_ns: int) -> TemplateSet:
+    del mtime_ns  # part of the cache key only
+    return template_set_from_dict(read_yaml(path) or {}, name=path.stem)
 
 
 def find_template_file(name: str, search_dirs: Iterable[pathlib.Path]) -> pathlib.Path:

@@ -1,0 +1,167 @@
+"""`flan-jax tasks ...` / `flan-jax mixture ...` through flan_jax.cli.main, and the
+docs/adding_a_task.md walkthrough followed literally."""
+
+import pathlib
+import re
+import shlex
+
+import pytest
+
+from flan_jax import cli
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLE = str(REPO / "examples" / "my_task")
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_unknown_command_lists_close_ones(capsys):
+    code, _, err = run(capsys, "mixtures", "stats", "x")
+    assert code == 2 and "unknown command 'mixtures'; did you mean ['mixture']" in err
+
+
+def test_tasks_list_by_cluster(capsys):
+    code, out, _ = run(capsys, "tasks", "list", "--cluster", "geography", "--specs", EXAMPLE)
+    assert code == 0
+    assert out.splitlines() == ["capitals\tgeography\tzs_noopt,fs_noopt\tjsonl"]
+    code, _, err = run(capsys, "tasks", "list", "--cluster", "geograpy", "--specs", EXAMPLE)
+    assert code == 1 and "unknown cluster 'geograpy'; closest: ['geography']" in err
+
+
+def test_tasks_show_prints_rendered_examples_and_token_counts(capsys):
+    code, out, _ = run(
+        capsys,
+        "tasks",
+        "show",
+        "capitals",
+        "--specs",
+        EXAMPLE,
+        "--format",
+        "zs_noopt",
+        "-n",
+        "2",
+        "--split",
+        "train",
+    )
+    assert code == 0
+    question = "What is the capital of France?"
+    assert out.splitlines() == [
+        "== capitals_zs_noopt (cluster geography, split train)",
+        "-- example 0: template 0 (zs_noopt)",
+        f"inputs ({len(question) + 1} tokens):",  # byte vocabulary: one token a byte, + EOS
+        question,
+        "targets (6 tokens):",
+        "Paris",
+        "-- example 1: template 1 (zs_noopt)",
+        "inputs (32 tokens):",
+        "Name the capital city of Italy.",
+        "targets (5 tokens):",
+        "Rome",
+    ]
+    code, _, err = run(capsys, "tasks", "show", "capitalz", "--specs", EXAMPLE)
+    assert code == 1 and "unknown task 'capitalz'; closest: ['capitals'" in err
+
+
+def parse_table(out: str) -> dict[str, list[str]]:
+    lines = out.splitlines()
+    header = lines[1].split()
+    assert header[:4] == ["task", "examples", "rate", "share%"]
+    return {row.split()[0]: row.split()[1:] for row in lines[2:]}
+
+
+def test_mixture_stats_rates_shares_and_truncation(capsys):
+    code, out, _ = run(
+        capsys,
+        "mixture",
+        "stats",
+        "my_mixture",
+        "--specs",
+        EXAMPLE,
+        "--feature_lengths",
+        "inputs=40,targets=8",
+        "--sample",
+        "12",
+    )
+    assert code == 0
+    rows = parse_table(out)
+    # capitals: 12 train examples (< cap 1000); tiny_arithmetic: 3000 capped to 1000;
+    # tiny_topic: weight 500 for each of its variants in the mixture's formats.
+    rates = {
+        "capitals_zs_noopt": 12,
+        "capitals_fs_noopt": 12,
+        "tiny_arithmetic_zs_noopt": 1000,
+        "tiny_arithmetic_fs_noopt": 1000,
+        "tiny_topic_zs_opt": 500,
+        "tiny_topic_zs_noopt": 500,
+        "tiny_topic_fs_noopt": 500,
+    }
+    assert sorted(rows) == sorted(rates)
+    total = sum(rates.values())
+    for task, rate in rates.items():
+        assert float(rows[task][1]) == rate
+        assert rows[task][2] == f"{100 * rate / total:.2f}"
+    assert rows["capitals_zs_noopt"][0] == "12"
+    # Untruncated capitals inputs: the 12 train questions, byte tokens + EOS; 40-token limit.
+    from flan_jax.data import tasks
+
+    spec = tasks.get_task_spec("capitals")
+    lengths = []
+    for i, ex in enumerate(tasks.get_examples(spec, "train")):
+        template = spec.templates.templates[i % len(spec.templates)]
+        text = template.inputs.format(options_="", **ex).strip()
+        lengths.append(len(text.encode()) + 1)
+    mean_inputs, _, _, _, trunc_inputs, _ = rows["capitals_zs_noopt"][3:]
+    assert float(mean_inputs) == pytest.approx(sum(lengths) / 12, abs=0.05)
+    assert trunc_inputs == f"{100 * sum(n > 40 for n in lengths) / 12:.1f}"
+
+
+def test_adding_a_task_walkthrough(capsys, monkeypatch):
+    """Runs the shell and Python blocks of docs/adding_a_task.md as written."""
+    monkeypatch.chdir(REPO)
+    doc = (REPO / "docs" / "adding_a_task.md").read_text()
+    shell = re.findall(r"```sh\n(.*?)```", doc, re.S)
+    commands = [shlex.split(line) for block in shell for line in block.splitlines() if line]
+    assert [c[:3] for c in commands] == [
+        ["flan-jax", "tasks", "show"],
+        ["flan-jax", "mixture", "stats"],
+    ]
+    code, out, _ = run(capsys, *commands[0][1:])
+    assert code == 0 and "What is the capital of France?\ntargets (6 tokens):\nParis" in out
+    code, out, _ = run(capsys, *commands[1][1:], "--sample", "8")
+    assert code == 0 and out.startswith("== my_mixture: 7 tasks") and "capitals_fs_noopt" in out
+    (python,) = re.findall(r"```python\n(.*?)```", doc, re.S)
+    scope: dict = {}
+    exec(python, scope)
+    batch = next(scope["ds"].as_numpy_iterator())
+    assert batch["encoder_input_tokens"].shape == (512,)
+    assert batch["decoder_segment_ids"].max() >= 1
+
+
+def test_registry_registers_shipped_specs_idempotently(monkeypatch):
+    import seqio
+
+    from flan_jax import registry
+    from flan_jax.data import mixtures, tasks
+
+    shipped = {tasks.load_task_spec(p).name for p in tasks.task_spec_files()}
+    assert shipped <= set(tasks.registered_specs())
+    for path in mixtures.mixture_spec_files():
+        assert mixtures.load_mixture_spec(path).name in seqio.MixtureRegistry.names()
+    monkeypatch.setenv(registry.SPECS_ENV, EXAMPLE)
+    first = registry.register_all()
+    assert "capitals_fs_noopt" in first[0] and "my_mixture" in first[1]
+    assert registry.register_all() == first
+
+
+def test_console_filters_tensorflow_noise():
+    import io
+
+    sink = io.StringIO()
+    stream = cli._FilteredStderr(sink)
+    stream.write("I0000 12:00 cudart_stub.cc:31] Could not find cuda drivers on your machine\n")
+    stream.write("error: unknown task 'x'\n")
+    assert sink.getvalue() == "error: unknown task 'x'\n"
