@@ -6,6 +6,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import seqio
 import tensorflow as tf
@@ -26,6 +27,7 @@ CONFIG = network.TransformerConfig(
     num_encoder_layers=1,
     num_decoder_layers=1,
 )
+DECODE = DecodeConfig(max_decode_len=4)  # one decode config: one compile shared by the tests
 OPTIONS = ["yes", "no", "maybe"]
 QUESTIONS = [f"is {i} even?" for i in range(11)]
 
@@ -88,7 +90,7 @@ def _forward(model, params, enc, dec_in, tgt):
 
 def test_rank_classification_scores_every_option_like_a_direct_forward_pass(tiny):
     model, params = tiny
-    cfg = evaluate.EvalConfig(batch_size=4)
+    cfg = evaluate.EvalConfig(batch_size=8)
     result = evaluate.evaluate_task(
         model, params, "eval_test_cls", split="validation", feature_lengths=LENGTHS, config=cfg
     )
@@ -101,7 +103,7 @@ def test_rank_classification_scores_every_option_like_a_direct_forward_pass(tiny
     hits = sum(r["prediction"] == r["target"] for r in result.records)
     assert result.metrics == {"accuracy": pytest.approx(100.0 * hits / 11)}
     assert result.cluster == "toy"
-    normed = evaluate.EvalConfig(batch_size=4, length_normalize=True, max_examples=3)
+    normed = evaluate.EvalConfig(batch_size=8, length_normalize=True, max_examples=3)
     norm = evaluate.evaluate_task(
         model, params, "eval_test_cls", split="validation", feature_lengths=LENGTHS, config=normed
     )
@@ -114,7 +116,7 @@ def test_rank_classification_scores_every_option_like_a_direct_forward_pass(tiny
 
 def test_generation_decodes_greedily_and_scores_the_gold_target(tiny):
     model, params = tiny
-    cfg = evaluate.EvalConfig(batch_size=4, max_examples=5, decode=DecodeConfig(max_decode_len=6))
+    cfg = evaluate.EvalConfig(batch_size=8, max_examples=5, decode=DECODE)
     result = evaluate.evaluate_task(
         model, params, "eval_test_gen", split="validation", feature_lengths=LENGTHS, config=cfg
     )
@@ -127,7 +129,7 @@ def test_generation_decodes_greedily_and_scores_the_gold_target(tiny):
             "decoder_input_tokens": np.zeros((1, 8), np.int32),
             "decoder_target_tokens": np.zeros((1, 8), np.int32),
         }
-        tokens = infer.jitted_predict(model, DecodeConfig(max_decode_len=6))(params, batch, None)
+        tokens = infer.jitted_predict(model, DECODE)(params, batch, None)
         assert record["prediction"] == infer.decode_tokens(np.asarray(tokens[0]), VOCAB)
         np.testing.assert_allclose(
             record["score"], _direct_score(model, params, q, record["target"]), atol=1e-4
@@ -138,9 +140,7 @@ def test_generation_decodes_greedily_and_scores_the_gold_target(tiny):
 
 def test_self_consistency_majority_votes_sampled_answers(tiny):
     model, params = tiny
-    cfg = evaluate.EvalConfig(
-        batch_size=4, max_examples=4, num_samples=3, decode=DecodeConfig(max_decode_len=4)
-    )
+    cfg = evaluate.EvalConfig(batch_size=8, max_examples=4, num_samples=3, decode=DECODE)
     result = evaluate.evaluate_task(
         model, params, "eval_test_gen", split="validation", feature_lengths=LENGTHS, config=cfg
     )
@@ -158,9 +158,7 @@ def test_mixture_on_8_devices_scores_like_1_device(tiny):
     kwargs = dict(
         split="validation",
         feature_lengths=LENGTHS,
-        config=evaluate.EvalConfig(
-            batch_size=8, max_examples=9, decode=DecodeConfig(max_decode_len=4)
-        ),
+        config=evaluate.EvalConfig(batch_size=8, max_examples=9, decode=DECODE),
     )
     one = evaluate.run_evaluation(model, params, ["eval_test_mix"], **kwargs)
     mesh = make_mesh((4, 2, 1))
@@ -186,7 +184,7 @@ def test_mixture_on_8_devices_scores_like_1_device(tiny):
 
 def test_write_results_files_metrics_jsonl_and_tensorboard(tiny, tmp_path):
     model, params = tiny
-    cfg = evaluate.EvalConfig(batch_size=4, max_examples=3, decode=DecodeConfig(max_decode_len=4))
+    cfg = evaluate.EvalConfig(batch_size=8, max_examples=3, decode=DECODE)
     results = evaluate.run_evaluation(
         model, params, ["eval_test_mix"], split="validation", feature_lengths=LENGTHS, config=cfg
     )
@@ -212,3 +210,141 @@ def test_format_table_aligns_metrics():
         "nli          50.00      -\n"
         "qa            7.12  12.00"
     )
+
+
+# ----------------------------------------------------------------------------- flan-jax eval
+
+EVAL_LENGTHS = {"inputs": 48, "targets": 32}  # every option fits untrimmed
+
+
+def _save_run_checkpoint(model_dir, params, step):
+    """A checkpoint saved the way the trainer saves it: {step, params, opt_state} via orbax."""
+    from flan_jax import checkpoints  # noqa: PLC0415
+
+    state = {
+        "step": np.int32(step),
+        "params": params,
+        "opt_state": optax.adafactor(0.1).init(params),
+    }
+    ckpt = checkpoints.Checkpointer(model_dir, checkpoints.CheckpointConfig(async_save=False))
+    ckpt.save(step, state)
+    ckpt.close()
+
+
+def _score_batch(model, params, inputs_ids, target_ids):
+    """model.score_batch on a hand-built [1, length] batch (no feature converter)."""
+    enc = np.zeros((1, EVAL_LENGTHS["inputs"]), np.int32)
+    enc[0, : len(inputs_ids)] = inputs_ids
+    tgt = np.zeros((1, EVAL_LENGTHS["targets"]), np.int32)
+    tgt[0, : len(target_ids)] = target_ids
+    batch = {
+        "encoder_input_tokens": enc,
+        "decoder_input_tokens": np.concatenate([np.zeros((1, 1), np.int32), tgt[:, :-1]], 1),
+        "decoder_target_tokens": tgt,
+        "decoder_loss_weights": (tgt > 0).astype(np.int32),
+    }
+    return float(jax.jit(model.score_batch)(params, batch)[0])
+
+
+def test_main_evaluates_a_trainer_checkpoint_and_writes_every_output(tmp_path, capsys):
+    from flan_jax import specs  # noqa: PLC0415
+    from flan_jax.data import tasks  # noqa: PLC0415
+
+    spec = tasks.load_task_spec(specs.spec_dir("tasks") / "flan_tiny" / "height_nli.yaml")
+    tasks.register_task_spec(spec)
+    model = models.EncoderDecoderModel(CONFIG)
+    shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
+    params = jax.jit(lambda r: nn.unbox(model.get_initial_variables(r, shapes)["params"]))(
+        jax.random.key(5)
+    )
+    _save_run_checkpoint(str(tmp_path / "run"), params, step=12)
+    (tmp_path / "model.gin").write_text(
+        "from __gin__ import dynamic_registration\nfrom flan_jax import models\nfrom flan_jax import network\n"
+        "MODEL = @models.EncoderDecoderModel()\nmodels.EncoderDecoderModel.config = "
+        "@network.TransformerConfig()\nnetwork.TransformerConfig:\n"
+        + "".join(
+            f"  {k} = {getattr(CONFIG, k)!r}\n"
+            for k in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim")
+        )
+        + "  num_encoder_layers = 1\n  num_decoder_layers = 1\n"
+    )
+    out = str(tmp_path / "out")
+    assert evaluate.main([
+        f"--gin_file={tmp_path / 'model.gin'}", "--gin_file=runs/eval.gin",
+        f"--gin.CHECKPOINT_PATH='{tmp_path / 'run'}'", f"--gin.MODEL_DIR='{out}'",
+        "--gin.MIXTURE_OR_TASK_NAME='tiny_height_nli_zs_opt'", "--gin.MIXTURE_OR_TASK_MODULE=None",
+        f"--gin.TASK_FEATURE_LENGTHS={EVAL_LENGTHS}", "--gin.BATCH_SIZE=8", "--gin.MAX_EXAMPLES=3",
+    ]) == 0  # fmt: skip
+    rows = [json.loads(x) for x in open(f"{out}/eval/12/tiny_height_nli_zs_opt.jsonl")]
+    task = seqio.get_mixture_or_task("tiny_height_nli_zs_opt")
+    examples = infer.load_examples(task, "validation", EVAL_LENGTHS, 3)
+    assert [r["input"] for r in rows] == [ex["inputs_pretokenized"].decode() for ex in examples]
+    options = ["yes", "it is not possible to tell", "no"]
+    for row, ex in zip(rows, examples):
+        want = [_score_batch(model, params, ex["inputs"], VOCAB.encode(o) + [1]) for o in options]
+        np.testing.assert_allclose(row["option_scores"], want, atol=1e-4)
+        assert row["prediction"] == options[int(np.argmax(want))] and row["score"] == max(
+            row["option_scores"]
+        )
+    accuracy = 100.0 * sum(r["prediction"] == r["target"] for r in rows) / 3
+    line = json.loads(open(f"{out}/metrics.jsonl").read())
+    assert line == {
+        "step": 12,
+        "eval/tiny_height_nli_zs_opt/accuracy": pytest.approx(accuracy),
+        "eval_cluster/nli/accuracy": pytest.approx(accuracy),
+    }
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(f"{out}/eval"))
+    printed = capsys.readouterr().out
+    assert "tiny_height_nli_zs_opt" in printed and f"{accuracy:.2f}" in printed
+
+
+def test_main_names_missing_required_macros():
+    with pytest.raises(SystemExit, match=r"CHECKPOINT_PATH.*not set"):
+        evaluate.main(["--gin_file=test/tiny_t5.gin", "--gin_file=runs/eval.gin"])
+
+
+# ----------------------------------------------------------------------------- HF parity
+
+
+def test_rank_classification_matches_transformers_log_likelihoods(tiny, tmp_path):
+    torch = pytest.importorskip("torch", reason="needs the `hf` extra (torch)")
+    transformers = pytest.importorskip("transformers", reason="needs the `hf` extra")
+    from flan_jax import convert  # noqa: PLC0415
+    from flan_jax.convert import hf  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    config = transformers.T5Config(
+        vocab_size=264, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
+        decoder_start_token_id=0,
+    )  # fmt: skip
+    hf_model = transformers.T5ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # sharper logits than HF's init, and its own head
+        for name, p in hf_model.named_parameters():
+            p.uniform_(0.5, 1.5) if "norm" in name else p.mul_(4.0)
+        hf_model.lm_head.weight = torch.nn.Parameter(torch.randn(264, 32))
+    hf_model.save_pretrained(tmp_path / "hf")
+    params, architecture, cfg, _ = hf.hf_to_flan(str(tmp_path / "hf"))
+    convert.save_converted(str(tmp_path / "flan"), params, architecture, cfg)
+    model = convert.make_model(architecture, cfg)
+    restored, step = infer.restore_params(model, str(tmp_path / "flan"))
+    assert step == 0
+    result = evaluate.evaluate_task(
+        model, restored, "eval_test_cls", split="validation", feature_lengths=LENGTHS,
+        config=evaluate.EvalConfig(batch_size=8, max_examples=6),
+    )  # fmt: skip
+    chosen = []
+    for q, record in zip(QUESTIONS, result.records):
+        want = []
+        for option in OPTIONS:
+            labels = torch.tensor([VOCAB.encode(option) + [1]])
+            with torch.no_grad():
+                logits = hf_model(
+                    input_ids=torch.tensor([VOCAB.encode(q) + [1]]), labels=labels
+                ).logits
+            logp = torch.log_softmax(logits.double(), -1).gather(-1, labels[..., None])
+            want.append(float(logp.sum()))
+        np.testing.assert_allclose(record["option_scores"], want, atol=1e-4)
+        chosen.append(OPTIONS[int(np.argmax(want))])
+    assert [r["prediction"] for r in result.records] == chosen
+    assert len(set(chosen)) > 1  # the options really compete

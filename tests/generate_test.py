@@ -1,9 +1,8 @@
-"""`flan-jax generate`: streamed text equals predict_batch's decode, from a trainer-style run dir."""
+"""`flan-jax generate`: streamed text equals predict_batch decoded, from a trainer-style run."""
 
 import io
 import json
 
-import gin
 import jax
 import numpy as np
 import optax
@@ -11,6 +10,7 @@ import pytest
 import seqio
 from flax import linen as nn
 
+import gin
 from flan_jax import checkpoints, gin_flags, infer
 from flan_jax import generate as gen
 from flan_jax.decoding import DecodeConfig
@@ -113,10 +113,12 @@ def test_beam_search_prints_the_best_beam(run):
 
 def test_decode_config_from_flags():
     parse = gen.make_parser().parse_args
-    assert gen.decode_config(parse(["--model_dir", "d", "p"])) == DecodeConfig(max_decode_len=64)
+    assert gen.decode_config(parse(["--model_dir", "d", "p"])) == DecodeConfig(
+        max_decode_len=64, num_beams=1
+    )
     assert gen.decode_config(
         parse(["--model_dir", "d", "--temperature", "0.5", "--top_p", "0.8", "p"])
-    ) == DecodeConfig(method="sample", temperature=0.5, top_p=0.8, max_decode_len=64)
+    ) == DecodeConfig(method="sample", temperature=0.5, top_p=0.8, max_decode_len=64, num_beams=1)
     assert gen.decode_config(parse(["--model_dir", "d", "--num_beams", "4", "p"])).method == "beam"
 
 
