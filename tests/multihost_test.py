@@ -164,6 +164,7 @@ def runs():
 
 
 def test_two_processes_train_like_one(runs: Path) -> None:
+    """Same losses and final parameters as one process with the same mesh and global batch."""
     single, multi = runs / "single", runs / "multi"
     ref = losses(single)
     assert sorted(ref) == list(range(1, STEPS + 1))
@@ -177,6 +178,7 @@ def test_two_processes_train_like_one(runs: Path) -> None:
 
 
 def test_each_process_reads_its_own_share(runs: Path) -> None:
+    """Per step, the processes read disjoint examples whose union is the single process's."""
     single = read_jsonl(runs / "single" / "data" / "process_0.jsonl")
     per_process = [read_jsonl(runs / "multi" / "data" / f"process_{i}.jsonl") for i in (0, 1)]
     for step in range(STEPS):
@@ -195,6 +197,7 @@ def test_each_process_reads_its_own_share(runs: Path) -> None:
 
 
 def test_lost_process_fails_the_job_and_restart_resumes(runs: Path) -> None:
+    """A killed process fails the job within a timeout; the restart resumes bit for bit."""
     model_dir = runs / "crash"
     job = launch(model_dir, 2, crash_process=1)
     assert job.procs[1].wait(timeout=TIMEOUT_S) == -9, job.output(1)  # SIGKILL: a lost host
@@ -204,20 +207,18 @@ def test_lost_process_fails_the_job_and_restart_resumes(runs: Path) -> None:
     code = job.procs[0].wait(timeout=FAIL_WITHIN_S)
     assert code != 0 and time.monotonic() - died < FAIL_WITHIN_S, job.output(0)
     assert "another task died" in job.logs[0].read_text(), job.output(0)
-    last = checkpoints.Checkpointer(
-        str(model_dir), checkpoints.CheckpointConfig(period=1)
-    ).latest_step()
+    ckpt = checkpoints.Checkpointer(str(model_dir), checkpoints.CheckpointConfig(period=1))
+    last = ckpt.latest_step()
+    ckpt.close()
     assert last == 3  # the worker crashes once checkpoint 3 is committed
 
     restarted = launch(model_dir, 2, attempt=1)
     assert restarted.wait() == [0, 0], restarted.output()
     assert "restoring checkpoint step" in restarted.logs[0].read_text()
-    # Identical to the uninterrupted run: every loss after the restart, the final state,
-    # and the batches of the resumed steps (no example skipped or repeated).
-    uninterrupted = losses(runs / "multi")
-    assert {s: losses(model_dir)[s] for s in range(last + 1, STEPS + 1)} == {
-        s: uninterrupted[s] for s in range(last + 1, STEPS + 1)
-    }
+    # Identical to the uninterrupted run: every loss (before the crash and after the
+    # restart), the final state, and the batches of the resumed steps (no example skipped
+    # or repeated).
+    assert losses(model_dir) == losses(runs / "multi")
     mesh = partitioning.make_mesh((1, 8, 1))
     assert_trees(restore(model_dir, mesh), restore(runs / "multi", mesh))
     for i in (0, 1):
@@ -226,8 +227,9 @@ def test_lost_process_fails_the_job_and_restart_resumes(runs: Path) -> None:
         assert resumed[-(STEPS - last) :] == expected[last:]
 
 
-@pytest.mark.parametrize("target", [(4, 2, 1), (1, 8, 1), (1, 2, 4)])
+@pytest.mark.parametrize("target", [(4, 2, 1), (1, 8, 1), (1, 4, 2)])
 def test_checkpoint_from_2x4_mesh_restores_onto_other_meshes(runs: Path, target) -> None:
+    """A (data 2, fsdp 4) checkpoint restores onto other meshes (8 devices) with equal values."""
     source_mesh = partitioning.make_mesh((2, 4, 1))
     state = restore(runs / "single", source_mesh)
     model_dir = runs / f"reshard_{'x'.join(map(str, target))}"

@@ -159,10 +159,20 @@ def test_create_errors_name_the_problem(fake_bin: Path) -> None:
 
 def test_settings_file_from_tpu_env(fake_bin: Path, tmp_path: Path) -> None:
     env_file = tmp_path / "my_tpu.env"
-    env_file.write_text("PROJECT=proj\nZONE=us-central2-b\nTPU_NAME=flan\nACCELERATOR_TYPE=v4-32\n")
+    env_file.write_text(
+        "PROJECT=proj\nZONE=us-central2-b\nTPU_NAME=flan\nACCELERATOR_TYPE=v4-32\n"
+        "PROVISIONING=preemptible\n"
+    )
     assert dry_run(fake_bin, "create.sh", TPU_ENV=str(env_file)) == [
         ["gcloud", "compute", "tpus", "tpu-vm", "create", "flan", *LOC,
-         "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base"]
+         "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--preemptible"]
+    ]  # fmt: skip
+    # The environment (command line) wins over the file.
+    assert dry_run(
+        fake_bin, "create.sh", TPU_ENV=str(env_file), TPU_NAME="other", PROVISIONING="spot"
+    ) == [
+        ["gcloud", "compute", "tpus", "tpu-vm", "create", "other", *LOC,
+         "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--spot"]
     ]  # fmt: skip
     assert "TPU_ENV=nope.env is not a file" in fails(fake_bin, "create.sh", TPU_ENV="nope.env")
 
@@ -241,7 +251,7 @@ def test_setup_errors(fake_bin: Path) -> None:
 # launch.sh
 
 GIN = [
-    "--gin_file=gin/runs/finetune.gin",
+    "--gin_file=runs/finetune.gin",
     "--gin.MODEL_DIR='gs://bucket/flan_t5_base'",
     "--gin.TRAIN_STEPS=2000",
 ]

@@ -3,7 +3,8 @@
 #
 # Every setting is an environment variable; put yours in a file and point
 # TPU_ENV at it (`TPU_ENV=my_tpu.env tpu_scripts/create.sh`), or export them.
-# Values already in the environment win over the file's defaults below.
+# A setting in the environment wins over the TPU_ENV file, which wins over
+# the defaults below.
 #
 #   PROJECT           Google Cloud project id                     (required)
 #   ZONE              TPU zone, e.g. us-central2-b, us-west4-a    (required)
@@ -29,13 +30,25 @@
 # slices over DCN. Every script then acts on every slice. Put the 'data' mesh
 # axis across slices (see docs/tpu.md).
 
+TPU_SETTINGS=(PROJECT ZONE TPU_NAME ACCELERATOR_TYPE RUNTIME_VERSION PROVISIONING QUEUED
+  QUEUED_RESOURCE NUM_SLICES NUM_WORKERS REMOTE_DIR DRY_RUN VALID_UNTIL RESERVED
+  FLAN_JAX_WHEEL FLAN_JAX_REF FLAN_JAX_REPO COMMAND JOB_NAME FOREGROUND LAUNCH_ENV
+  MODE WORKER LOCAL_DIR)
+
 if [[ -n "${TPU_ENV:-}" ]]; then
   if [[ ! -f "${TPU_ENV}" ]]; then
     echo "error: TPU_ENV=${TPU_ENV} is not a file; point it at your settings file or unset it" >&2
     exit 2
   fi
+  # A setting given on the command line (the environment) wins over the file.
+  declare -A from_env=()
+  for name in "${TPU_SETTINGS[@]}"; do
+    if [[ -n "${!name+set}" ]]; then from_env["${name}"]="${!name}"; fi
+  done
   # shellcheck source=/dev/null
   source "${TPU_ENV}"
+  for name in "${!from_env[@]}"; do printf -v "${name}" '%s' "${from_env[${name}]}"; done
+  unset from_env name
 fi
 
 : "${PROVISIONING:=on-demand}"

@@ -39,7 +39,7 @@ for arg in "$@"; do
     *) die "launch.sh passes only gin flags to flan-jax, got '${arg}'; put hyperparameters in a gin file or a --gin.MACRO=VALUE flag" ;;
   esac
 done
-((gin_files > 0)) || die "no --gin_file given; e.g. --gin_file=gin/runs/finetune.gin"
+((gin_files > 0)) || die "no --gin_file given; e.g. --gin_file=runs/finetune.gin"
 model_dir="${model_dir//\'/}"
 model_dir="${model_dir//\"/}"
 [[ -n "${model_dir}" ]] || die "no --gin.MODEL_DIR given; pass --gin.MODEL_DIR=\"'gs://BUCKET/DIR'\" (every host checkpoints there)"
