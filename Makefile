@@ -33,6 +33,7 @@ test: install-test
 lint: install-test
 	$(VENV)/bin/ruff check flan_jax tests bench
 	$(VENV)/bin/ruff format --check flan_jax tests bench
+	$(VENV)/bin/shellcheck -x tpu_scripts/*.sh
 
 bench: install-test
 	$(PY) -m bench.run_all

@@ -74,7 +74,11 @@ class PreemptionWatcher:
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            return self.requested or multihost_utils.reached_preemption_sync_point(step)
+            try:  # needs jax.distributed's preemption service (on by default on TPU)
+                synced = multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:
+                synced = False
+            return self.requested or synced
         return self.requested
 
     def close(self) -> None:

@@ -130,7 +130,7 @@ def final_params(model_dir):
 @functools.cache
 def uninterrupted(tmp_root):
     d = os.path.join(tmp_root, "full")
-    rc, out = run_trainer(d)
+    rc, out = run_trainer(d, "--gin.EVAL_PERIOD=20")  # eval reads no training data
     assert rc == 0, out
     return d, out
 
@@ -148,6 +148,18 @@ def test_train_writes_model_dir_and_loss_falls(tmp_path_factory):
     assert os.listdir(os.path.join(d, "tensorboard"))
     steps = sorted(int(s) for s in os.listdir(os.path.join(d, "checkpoints")) if s.isdigit())
     assert steps == [36, 40]  # every CHECKPOINT_PERIOD=4 steps, keep 2
+
+
+def test_eval_every_eval_period(tmp_path_factory):
+    d, out = uninterrupted(str(tmp_path_factory.getbasetemp()))
+    evals = [r for r in read_jsonl(os.path.join(d, "metrics.jsonl")) if r["kind"] == "eval"]
+    assert [(r["step"], r["task"]) for r in evals] == [(20, TASK), (40, TASK)]
+    # all 16 validation examples, each target's bytes + EOS, unpadded and counted once
+    want = sum(len(ex["targets"]) + 1 for ex in _examples("validation").as_numpy_iterator())
+    assert [r["weight_sum"] for r in evals] == [want, want]
+    assert 0.0 <= evals[0]["accuracy"] <= 1.0
+    assert evals[1]["cross_ent_per_token"] < evals[0]["cross_ent_per_token"]
+    assert f"eval step 40 {TASK}: loss/token" in out
 
 
 def test_exact_resume_after_sigkill(tmp_path_factory, tmp_path):
