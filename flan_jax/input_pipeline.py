@@ -108,6 +108,11 @@ def get_train_dataset(config: DataConfig, converter: seqio.FeatureConverter) -> 
         seed=config.seed,
         verbose=False,
     )
+    # Task maps may call tf.numpy_function (stateless few-shot pruning); tf.data refuses to
+    # checkpoint an iterator over them unless told their (absent) state may be ignored.
+    options = tf.data.Options()
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    ds = ds.with_options(options)
     return ds.batch(config.local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

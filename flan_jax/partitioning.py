@@ -88,7 +88,7 @@ def logical_to_mesh_spec(logical_axes: Sequence[str | None] | None, rules=LOGICA
 
 
 def logical_to_mesh_sharding(tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
-    """Maps a tree of logical PartitionSpecs (e.g. nn.get_partition_spec(boxed)) to NamedShardings."""
+    """Maps a tree of logical PartitionSpecs (nn.get_partition_spec(boxed)) to NamedShardings."""
     return jax.tree.map(
         lambda spec: NamedSharding(mesh, nn.logical_to_mesh_axes(tuple(spec), rules)),
         tree,
