@@ -119,6 +119,60 @@ def _metric_values(
     return {k: float(getattr(v, "value", v)) for k, v in out.items()}
 
 
+def _rank_mode(model, params, examples, vocab, feature_lengths, config, mesh):
+    """(chosen option texts, chosen scores, per-example extras) by rank classification."""
+    chosen = rank_classify(
+        model,
+        params,
+        examples,
+        vocab,
+        feature_lengths,
+        mesh=mesh,
+        batch_size=config.batch_size,
+        length_normalize=config.length_normalize,
+    )
+    extras = [{"mode": "rank_classification", "option_scores": s} for _, s in chosen]
+    return [c for c, _ in chosen], [max(s) for _, s in chosen], extras
+
+
+def _generation_mode(model, params, examples, vocab, feature_lengths, config, mesh, post):
+    """(decoded texts, gold-target log-likelihoods, per-example extras) by decoding."""
+    extras: list[dict] = [{} for _ in examples]
+    rng = jax.random.key(config.seed)
+    if config.num_samples > 1:
+        texts, extras = _sample_votes(
+            model, params, examples, vocab, feature_lengths, config, mesh, rng, post
+        )
+    else:
+        texts = generate(
+            model,
+            params,
+            examples,
+            vocab,
+            feature_lengths,
+            config.decode,
+            batch_size=config.batch_size,
+            mesh=mesh,
+            rng=rng,
+        )
+    gold = [{"inputs": ex["inputs"], "targets": ex["targets"]} for ex in examples]
+    scores = score_rows(
+        model,
+        params,
+        gold,
+        feature_lengths,
+        batch_size=config.batch_size,
+        mesh=mesh,
+        length_normalize=config.length_normalize,
+    )
+    extras = [{"mode": "generation", **e} for e in extras]
+    return texts, [float(s) for s in scores], extras
+
+
+def _has_options(example: dict) -> bool:
+    return "options" in example and len(example["options"]) > 0
+
+
 def evaluate_task(
     model: Model,
     params: Any,
@@ -129,81 +183,53 @@ def evaluate_task(
     config: EvalConfig,
     mesh: Mesh | None = None,
 ) -> TaskResult:
-    """Evaluates one task: rank classification when examples carry `options`, else generation.
+    """Evaluates one task: rank classification of examples with `options`, generation of the rest.
 
-    Records hold `input`, `target`, `prediction` (the chosen option or decoded text),
-    `answer` (postprocessed prediction) and `score`: the chosen option's score, or the
-    gold target's log-likelihood for generation tasks.
+    Examples of a classification task rendered with an inverted template carry an empty
+    `options` list (their target is e.g. a review, not a label): they are decoded greedily
+    and scored by the task's metrics under `generated_<metric>`, so that the plain metric
+    names (e.g. `accuracy`) are FLAN's rank-classification figures over examples with options.
+    E.g. 8 examples, 6 with options ("yes"/"no", 3 chosen right) and 2 inverted (1 decoded
+    right): {"accuracy": 50.0, "generated_accuracy": 50.0}.
+
+    Records hold `input`, `target`, `mode` ("rank_classification" or "generation"),
+    `prediction` (the chosen option or decoded text), `answer` (postprocessed prediction)
+    and `score`: the chosen option's score (its `option_scores` too), or the gold target's
+    log-likelihood for generated examples.
     """
     task = seqio.get_mixture_or_task(task_name)
     examples = load_examples(task, split, feature_lengths, config.max_examples)
     vocab = task.output_features["targets"].vocabulary
     post = task.postprocess_fn
-    targets = [
-        post(as_text(ex["targets_pretokenized"]), example=ex, is_target=True) for ex in examples
-    ]
-    extras: list[dict] = [{} for _ in examples]
-    if examples and "options" in examples[0]:
-        chosen = rank_classify(
-            model,
-            params,
-            examples,
-            vocab,
-            feature_lengths,
-            mesh=mesh,
-            batch_size=config.batch_size,
-            length_normalize=config.length_normalize,
-        )
-        texts = [c for c, _ in chosen]
-        scores = [max(s) for _, s in chosen]
-        extras = [{"option_scores": s} for _, s in chosen]
-    else:
-        rng = jax.random.key(config.seed)
-        if config.num_samples > 1:
-            texts, extras = _sample_votes(
-                model, params, examples, vocab, feature_lengths, config, mesh, rng, post
-            )
-        else:
-            texts = generate(
-                model,
-                params,
-                examples,
-                vocab,
-                feature_lengths,
-                config.decode,
-                batch_size=config.batch_size,
-                mesh=mesh,
-                rng=rng,
-            )
-        gold = [{"inputs": ex["inputs"], "targets": ex["targets"]} for ex in examples]
-        scores = [
-            float(s)
-            for s in score_rows(
-                model,
-                params,
-                gold,
-                feature_lengths,
-                batch_size=config.batch_size,
-                mesh=mesh,
-                length_normalize=config.length_normalize,
-            )
+    ranked = [i for i, ex in enumerate(examples) if _has_options(ex)]
+    decoded = [i for i, ex in enumerate(examples) if not _has_options(ex)]
+    is_classification = bool(examples) and "options" in examples[0]
+    groups = [("", ranked, _rank_mode), ("generated_" if is_classification else "", decoded, None)]
+    records: list[dict] = [{} for _ in examples]
+    metrics: dict[str, float] = {}
+    for prefix, index, mode in groups:
+        if not index:
+            continue
+        subset = [examples[i] for i in index]
+        args = (model, params, subset, vocab, feature_lengths, config, mesh)
+        texts, scores, extras = mode(*args) if mode else _generation_mode(*args, post)
+        answers = [post(t, example=ex, is_target=False) for t, ex in zip(texts, subset)]
+        targets = [
+            post(as_text(ex["targets_pretokenized"]), example=ex, is_target=True) for ex in subset
         ]
-    predictions = [post(t, example=ex, is_target=False) for t, ex in zip(texts, examples)]
-    records = [
-        {
-            "input": as_text(ex["inputs_pretokenized"]),
-            "target": as_text(ex["targets_pretokenized"]),
-            "prediction": text,
-            "answer": pred,
-            "score": score,
-            **extra,
-        }
-        for ex, text, pred, score, extra in zip(examples, texts, predictions, scores, extras)
-    ]
+        values = _metric_values(task, targets, answers, scores)
+        metrics |= {f"{prefix}{k}": v for k, v in values.items()}
+        for i, ex, text, answer, score, extra in zip(index, subset, texts, answers, scores, extras):
+            records[i] = {
+                "input": as_text(ex["inputs_pretokenized"]),
+                "target": as_text(ex["targets_pretokenized"]),
+                "prediction": text,
+                "answer": answer,
+                "score": score,
+                **extra,
+            }
     cluster = as_text(examples[0]["_cluster"]) if examples and "_cluster" in examples[0] else "none"
-    return TaskResult(
-        metrics=_metric_values(task, targets, predictions, scores), cluster=cluster, records=records
-    )
+    return TaskResult(metrics=metrics, cluster=cluster, records=records)
 
 
 def expand_tasks(names: Sequence[str]) -> list[str]:

@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 
 import gin
 from flan_jax import specs
 
+CACHE_ENV = "FLAN_JAX_COMPILATION_CACHE"
+DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "flan_jax", "jax")
 _REQUIRED = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*%gin\.REQUIRED\s*(#.*)?$", re.M)
 
 
@@ -43,6 +45,19 @@ def make_parser(prog: str) -> argparse.ArgumentParser:
         "--multihost",
         action="store_true",
         help="call jax.distributed.initialize() (auto-detects Cloud TPU)",
+    )
+    p.add_argument(
+        "--compilation_cache_dir",
+        default=None,
+        help="JAX persistent compilation cache folder; 'none' disables it (default: "
+        f"${CACHE_ENV}, else $JAX_COMPILATION_CACHE_DIR, else {DEFAULT_CACHE_DIR})",
+    )
+    p.add_argument(
+        "--heartbeat_timeout_seconds",
+        type=int,
+        default=None,
+        help="multi-host: how long the survivors wait for a dead process before failing "
+        "(JAX's default is 100 s)",
     )
     return p
 
@@ -92,10 +107,15 @@ def missing_macros(names: Sequence[str]) -> list[str]:
     return [n for n in names if repr(gin.query_parameter(f"%{n}")) == "%gin.REQUIRED"]
 
 
-def parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
-    """Parses flags and gin; fails naming any required macro left unset (before any compile)."""
+def parse(
+    argv: Sequence[str], prog: str, parser: argparse.ArgumentParser | None = None
+) -> argparse.Namespace:
+    """Parses flags and gin; fails naming any required macro left unset (before any compile).
+
+    `parser` is `make_parser(prog)` with an entry point's own flags added (default: as is).
+    """
     rest, macro_bindings = split_gin_macros(argv)
-    args = make_parser(prog).parse_args(rest)
+    args = (parser or make_parser(prog)).parse_args(rest)
     if not args.gin_file:
         raise SystemExit(
             f"{prog}: give at least one --gin_file (e.g. --gin_file=runs/finetune.gin)"
@@ -117,16 +137,44 @@ def parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     return args
 
 
+def compilation_cache_dir(
+    flag: str | None, environ: Mapping[str, str], jax_default: str | None
+) -> str | None:
+    """The persistent compilation cache folder, or None when disabled.
+
+    First set wins: the --compilation_cache_dir flag, $FLAN_JAX_COMPILATION_CACHE, JAX's own
+    setting ($JAX_COMPILATION_CACHE_DIR, given as `jax_default`), then ~/.cache/flan_jax/jax.
+    "none" or "" (flag or $FLAN_JAX_COMPILATION_CACHE) disables the cache.
+    """
+    for value in (flag, environ.get(CACHE_ENV)):
+        if value is not None:
+            return None if value.strip().lower() in ("", "none") else os.path.expanduser(value)
+    return jax_default or os.path.expanduser(DEFAULT_CACHE_DIR)
+
+
+def enable_compilation_cache(args: argparse.Namespace) -> str | None:
+    """Points JAX's persistent compilation cache at its folder; call before anything compiles."""
+    path = compilation_cache_dir(
+        args.compilation_cache_dir, os.environ, jax.config.jax_compilation_cache_dir
+    )
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
+
+
 def initialize_distributed(args: argparse.Namespace) -> None:
     """jax.distributed.initialize(): explicit coordinator flags, or auto-detection (Cloud TPU)."""
+    extra = {}
+    if args.heartbeat_timeout_seconds is not None:
+        extra["heartbeat_timeout_seconds"] = args.heartbeat_timeout_seconds
     if args.coordinator_address:
         jax.distributed.initialize(
             coordinator_address=args.coordinator_address,
             num_processes=args.num_processes,
             process_id=args.process_id,
+            **extra,
         )
     elif args.multihost:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**extra)
 
 
 def write_config(model_dir: str, text: str) -> None:

@@ -187,10 +187,20 @@ def rank_classify(
 
     Returns:
       per example (chosen option string, [score of each option]).
+
+    Raises:
+      ValueError: an example has an empty `options` list (an inverted template's example).
     """
     rows, owners = [], []
     max_target = feature_lengths["targets"]
     for i, ex in enumerate(examples):
+        if len(ex["options"]) == 0:
+            raise ValueError(
+                f"example {i} has an empty `options` list (input: "
+                f"{as_text(ex.get('inputs_pretokenized', ''))[:80]!r}); rank classification "
+                "needs at least one option. Inverted templates carry none: score such examples "
+                "by generation (flan_jax.evaluate.evaluate_task does)"
+            )
         for option in ex["options"]:
             ids = list(vocab.encode(as_text(option)))[: max_target - 1] + [vocab.eos_id]
             rows.append({"inputs": ex["inputs"], "targets": ids})
@@ -480,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_file", default=None, help="JSONL out ('-': stdout)")
     ours, rest = parser.parse_known_args(argv)
     gin.clear_config()
-    gin_flags.parse(rest, "flan-jax infer")
+    gin_flags.initialize_distributed(gin_flags.parse(rest, "flan-jax infer"))
     overrides = {k: v for k, v in vars(ours).items() if v is not None}
     # `python -m` runs this file as __main__: use the module gin registered
     run = gin.get_configurable(importlib.import_module("flan_jax.infer").run_inference)

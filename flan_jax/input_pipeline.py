@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from flan_jax import partitioning
+from flan_jax.data import packing
 
 NumpyBatch = dict[str, np.ndarray]
 
@@ -29,6 +30,8 @@ class DataConfig:
       split: training split.
       shuffle, seed: seqio shuffling (the seed makes the order reproducible).
       pack: pack several examples per row (segment ids and positions).
+      packing: how rows are packed: best fit over a buffer (default) or seqio's greedy
+        trim-and-pack (`packing.PackingConfig.method = 'greedy'` in gin).
       use_cached: read seqio's offline cache.
       eval_split: validation split of each task used by in-training eval.
       eval_max_examples: cap per task for in-training eval (None: all).
@@ -41,6 +44,7 @@ class DataConfig:
     shuffle: bool = True
     seed: int | None = 0
     pack: bool = True
+    packing: packing.PackingConfig = packing.PackingConfig()
     use_cached: bool = False
     eval_split: str = "validation"
     eval_max_examples: int | None = 256
@@ -91,6 +95,17 @@ def model_input_shapes(
     """{model feature: (global batch, length)} for initialising the model."""
     lengths = converter.get_model_feature_lengths(dict(config.task_feature_lengths))
     return {k: (config.batch_size, v) for k, v in lengths.items()}
+
+
+def make_converter(
+    converter_cls: type[seqio.FeatureConverter], config: DataConfig
+) -> seqio.FeatureConverter:
+    """The model's feature converter (`model.feature_converter_cls`) packed as `config` says.
+
+    `method="greedy"` or `pack=False` gives `converter_cls(pack=...)` unchanged (seqio's
+    trim-and-pack); "best_fit" its `flan_jax.data.packing` twin with the same output keys.
+    """
+    return packing.make_feature_converter(converter_cls, pack=config.pack, config=config.packing)
 
 
 def get_train_dataset(config: DataConfig, converter: seqio.FeatureConverter) -> tf.data.Dataset:

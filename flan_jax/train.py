@@ -161,6 +161,64 @@ def _validate(mesh: Mesh, data: DataConfig, step: StepConfig) -> None:
     partitioning.validate_batch_size(data.batch_size, mesh, step.num_microbatches)
 
 
+def compile_train_step(model, tx, schedule, step_config: StepConfig, mesh: Mesh, shapes):
+    """The train step jitted with the real shardings, lowered on abstract values and compiled.
+
+    Call under `jax.set_mesh(mesh)` and the logical axis rules. Returns
+    (compiled, abstract state, state shardings); nothing is allocated.
+    """
+    batch_sh, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
+    abstract, shardings = train_state.state_shardings(model, tx, shapes, mesh)
+    step_fn = jax.jit(
+        train_state.make_train_step(model.loss_fn, tx, schedule, step_config, mesh),
+        in_shardings=(shardings, batch_sh),
+        out_shardings=(shardings, repl),
+        donate_argnums=0,
+    )
+    batch_abstract = {
+        k: jax.ShapeDtypeStruct(v, np.int32, sharding=batch_sh) for k, v in shapes.items()
+    }
+    return step_fn.lower(abstract, batch_abstract).compile(), abstract, shardings
+
+
+MEMORY_FIELDS = {
+    "arguments": "argument_size_in_bytes",
+    "outputs": "output_size_in_bytes",
+    "aliased (donated)": "alias_size_in_bytes",
+    "temporaries": "temp_size_in_bytes",
+    "generated code": "generated_code_size_in_bytes",
+}
+
+
+def memory_report(compiled) -> dict[str, int | float | None]:
+    """Bytes per device of a compiled step (XLA's memory_analysis) and its FLOPs per device.
+
+    `peak` = arguments + outputs - aliased + temporaries + generated code: the live set when
+    every buffer is resident at once (donated state is counted once).
+    """
+    stats = compiled.memory_analysis()
+    report = {name: int(getattr(stats, attr)) for name, attr in MEMORY_FIELDS.items()}
+    report["peak"] = (
+        report["arguments"] + report["outputs"] - report["aliased (donated)"]
+        + report["temporaries"] + report["generated code"]
+    )  # fmt: skip
+    report["flops"] = metrics_log.step_flops(compiled)
+    return report
+
+
+def format_memory_report(report: dict, mesh: Mesh) -> str:
+    """The `--precompile` table: MiB and exact bytes per device, then FLOPs per step."""
+    lines = [f"memory per device (mesh {dict(mesh.shape)}, {mesh.size} devices):"]
+    for name in (*MEMORY_FIELDS, "peak"):
+        lines.append(f"  {name:18s} {report[name] / 2**20:12.2f} MiB {report[name]:>16d} bytes")
+    flops = report["flops"]
+    per_step = "n/a (no cost analysis on this backend)" if flops is None else f"{flops:.4g}"
+    lines.append(f"XLA cost analysis: FLOPs per device per step {per_step}")
+    if flops is not None:
+        lines.append(f"XLA cost analysis: FLOPs per step (all devices) {flops * mesh.size:.4g}")
+    return "\n".join(lines)
+
+
 def train(
     *,
     model: Any,
@@ -171,16 +229,28 @@ def train(
     run: RunConfig,
     step_config: StepConfig | None = None,
     mixture_or_task_module: str | None = None,
+    precompile: bool = False,
 ) -> dict[str, Any]:
-    """Trains `model` to `run.train_steps`; returns the final state (params on the mesh)."""
+    """Trains `model` to `run.train_steps`; returns the final state (params on the mesh).
+
+    `precompile=True` (`flan-jax train --precompile`) compiles the step, prints its memory per
+    device and FLOPs, and returns `memory_report(...)` without reading data or running.
+    """
     step_config = step_config or StepConfig()
     if mixture_or_task_module:
         importlib.import_module(mixture_or_task_module)
     _validate(mesh, data, step_config)
-    converter = model.feature_converter_cls(pack=data.pack)
+    converter = input_pipeline.make_converter(model.feature_converter_cls, data)
     shapes = input_pipeline.model_input_shapes(data, converter)
     tx = optimizer.make_optimizer(optimizer_config)
     schedule = optimizer.make_schedule(optimizer_config)
+    rules = partitioning.LOGICAL_AXIS_RULES
+    if precompile:
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            compiled, _, _ = compile_train_step(model, tx, schedule, step_config, mesh, shapes)
+        report = memory_report(compiled)
+        print(format_memory_report(report, mesh), flush=True)
+        return report
     dataset = input_pipeline.get_train_dataset(data, converter)
     batches = input_pipeline.TrainIterator(dataset, mesh, data.batch_size)
     ckpt = checkpoints.Checkpointer(run.model_dir, checkpoint)
@@ -190,18 +260,11 @@ def train(
         names = input_pipeline.eval_task_names(data)
         eval_batches = {n: input_pipeline.load_eval_batches(data, eval_conv, n) for n in names}
     batch_sh, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
-        abstract, shardings = train_state.state_shardings(model, tx, shapes, mesh)
-        step_fn = jax.jit(
-            train_state.make_train_step(model.loss_fn, tx, schedule, step_config, mesh),
-            in_shardings=(shardings, batch_sh),
-            out_shardings=(shardings, repl),
-            donate_argnums=0,
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        # compiled once, here
+        compiled, abstract, shardings = compile_train_step(
+            model, tx, schedule, step_config, mesh, shapes
         )
-        batch_abstract = {
-            k: jax.ShapeDtypeStruct(v, np.int32, sharding=batch_sh) for k, v in shapes.items()
-        }
-        compiled = step_fn.lower(abstract, batch_abstract).compile()  # compiled once, here
         eval_step = jax.jit(
             train_state.make_eval_step(model.loss_fn),
             in_shardings=(shardings["params"], batch_sh),
@@ -321,13 +384,23 @@ def main(argv: list[str] | None = None) -> int:
     from flan_jax import gin_flags
 
     argv = sys.argv[1:] if argv is None else argv
-    args = gin_flags.parse(argv, "flan-jax train")
+    parser = gin_flags.make_parser("flan-jax train")
+    parser.add_argument(
+        "--precompile",
+        action="store_true",
+        help="compile the train step (AOT, real shardings), print memory per device and "
+        "FLOPs per step, and exit without reading data or training",
+    )
+    args = gin_flags.parse(argv, "flan-jax train", parser)
+    gin_flags.enable_compilation_cache(args)  # before anything compiles
     gin_flags.initialize_distributed(args)
     model_dir = gin.query_parameter("%MODEL_DIR")
     gin_flags.write_config(model_dir, gin.config_str())
     try:
         # `python -m` runs this file as __main__: use the module gin registered
-        gin.get_configurable(importlib.import_module("flan_jax.train").train)()
+        gin.get_configurable(importlib.import_module("flan_jax.train").train)(
+            precompile=args.precompile
+        )
     except FloatingPointError as e:
         print(f"flan-jax train: {e}", file=sys.stderr)
         return 1

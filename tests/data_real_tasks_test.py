@@ -15,7 +15,7 @@ COT_COUNTS = {
     "aqua": 2728,
     "creak": 6915,
     "ecqa": 7112,
-    "gsm8k": 7473,
+    "gsm8k": 7471,  # 7,473 rows less 2 copies of GSM8K test questions (decontaminated)
     "qasc": 1084,
     "sensemaking": 6070,
     "strategyqa": 2061,

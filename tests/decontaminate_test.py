@@ -87,6 +87,19 @@ def test_check_mixture_finds_planted_gsm8k_test_question(tmp_path):
 
 
 @needs_data
+def test_drop_eval_overlaps_removes_exactly_the_gsm8k_test_copies():
+    from flan_jax.data import sources  # noqa: PLC0415
+    from flan_jax.specs import spec_dir  # noqa: PLC0415
+
+    spec = tasks.load_task_spec(spec_dir("tasks") / "cot" / "cot_gsm8k.yaml")
+    rows = list(sources.iter_examples(spec.source, "train"))
+    dropped = [i for i, row in enumerate(rows) if decontaminate.drop_eval_overlaps(row) is None]
+    assert (len(rows), dropped) == (7473, [1314, 5162])
+    test_q = decontaminate.load_eval_sets()["gsm8k_test"][602]
+    assert test_q.startswith("A plane travels 1200 miles in 3 hours")
+
+
+@needs_data
 def test_shipped_mixtures_are_clean():
     from flan_jax import registry  # noqa: PLC0415
     from flan_jax.specs import spec_dir  # noqa: PLC0415
@@ -98,13 +111,11 @@ def test_shipped_mixtures_are_clean():
     registry.register_specs(files, [spec_dir("mixtures") / f"{n}.yaml" for n in names])
     sets = decontaminate.load_eval_sets()
     report = decontaminate.check_mixture("flan2022", eval_sets=sets)
-    # The one finding is real: FLAN's GSM8K CoT train set holds two re-numbered copies of GSM8K
-    # test question 602 ("A plane travels 1200 miles in 3 hours. At the same rate, ...").
-    found = sorted((o.task, o.train_index, o.eval_set, o.eval_index) for o in report.overlaps)
-    assert found == [
-        ("cot_gsm8k", 1314, "gsm8k_test", 602),
-        ("cot_gsm8k", 5162, "gsm8k_test", 602),
-    ], decontaminate.format_report(report)
+    # FLAN's GSM8K CoT train set holds two re-numbered copies of GSM8K test question 602 ("A
+    # plane travels 1200 miles in 3 hours. At the same rate, ..."), file rows 1314 and 5162;
+    # the cot_gsm8k spec drops them with `drop_eval_overlaps`, so nothing is left to report.
+    assert report.overlaps == [], decontaminate.format_report(report)
+    assert report.checked["cot_gsm8k"] == 7471
     assert len(report.checked) == 283 + 7  # every T0 and CoT task read from the real files
     assert sum(report.checked.values()) > 50_000
     assert len(report.skipped) == 63  # FLAN 2021 TFDS datasets are not prepared here

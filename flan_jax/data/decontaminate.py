@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -150,6 +151,20 @@ def load_eval_sets(data_dir: str | os.PathLike | None = None) -> dict[str, list[
     with open(root / "gsm8k/grade_school_math/data/test.jsonl", encoding="utf-8") as f:
         sets["gsm8k_test"] = [json.loads(line)["question"] for line in f if line.strip()]
     return sets
+
+
+@functools.cache
+def _default_index() -> EvalIndex:
+    return EvalIndex(load_eval_sets())
+
+
+def drop_eval_overlaps(example: Mapping[str, object]) -> Mapping[str, object] | None:
+    """Task preprocessor (`preprocessor: "flan_jax.data.decontaminate:drop_eval_overlaps"`):
+    drops a training example that holds an evaluation example (MMLU test, BBH, GSM8K test)
+    by the same rule `check_mixture` reports, so a shipped mixture stays clean.
+    """
+    text = " ".join(v for v in example.values() if isinstance(v, str))
+    return None if _default_index().match(text) is not None else example
 
 
 # ------------------------------------------------------------------------------- mixtures

@@ -1,7 +1,8 @@
 """TaskSpec (YAML or Python) -> registered seqio Tasks, one per format: `<name>_<format>`.
 
-Pipeline of every variant: source dicts -> field mapping (Python) -> render (numpy_function,
-token-budget aware) -> seqio tokenize -> append EOS. Plain seqio Tasks, usable by T5X as is.
+Pipeline of every variant: source dicts -> field mapping (Python) -> render (Python, in memory;
+few-shot pruned to the token budget in TF) -> seqio tokenize -> append EOS. Plain seqio
+Tasks, usable by T5X as is.
 """
 
 from __future__ import annotations
@@ -371,23 +372,38 @@ class RenderedSource(seqio.FunctionDataSource):
 
 
 def _prune_few_shot(dataset, sequence_length=None, output_features=None, *, spec):
-    """Drops exemplars until the tokenized inputs (+ EOS) fit sequence_length["inputs"]."""
+    """Drops exemplars from the end until the tokenized inputs (+ EOS) fit sequence_length["inputs"].
+
+    Pure TF ops (no py_function), so a tf.data iterator over few-shot tasks can be
+    checkpointed. Candidates with k = n-1, ..., 0 exemplars are joined exactly as
+    `formats.join_few_shot` joins them; the first that fits wins (the query alone if none).
+    """
     budget = (sequence_length or {}).get("inputs")
     vocab = output_features["inputs"].vocabulary
-    fits = lambda text: len(vocab.encode(text)) + 1 <= budget
+    separator = spec.few_shot.exemplar_separator
+    num_tokens = lambda text: tf.size(vocab.encode_tf(text))
 
     def prune(shots, query, inputs):
-        if budget is None or fits(inputs.decode()):
-            return inputs
-        shots = [x.decode() for x in shots]
-        return formats_lib.join_few_shot(shots, query.decode(), spec.few_shot, fits).encode()
+        n = tf.size(shots)
+        ks = tf.range(n - 1, -1, -1)
+        join = lambda k: tf.strings.reduce_join(
+            tf.concat([shots[:k], tf.reshape(query, [1])], 0), separator=separator
+        )
+        candidates = tf.map_fn(join, ks, fn_output_signature=tf.string)
+        lengths = tf.map_fn(num_tokens, candidates, fn_output_signature=tf.int32)
+        fitting = tf.where(lengths + 1 <= budget)[:, 0]
+        fallback = tf.cond(
+            tf.size(fitting) > 0,
+            lambda: candidates[fitting[0]],
+            lambda: tf.reshape(query, []),
+        )
+        return tf.cond(num_tokens(inputs) + 1 <= budget, lambda: inputs, lambda: fallback)
 
     def fn(ex):
         ex = dict(ex)
         shots, query = ex.pop("_shots"), ex.pop("_query")
         if budget is not None:
-            pruned = tf.numpy_function(prune, [shots, query, ex["inputs"]], tf.string)
-            ex["inputs"] = tf.reshape(pruned, [])
+            ex["inputs"] = tf.reshape(prune(shots, query, ex["inputs"]), [])
         return ex
 
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
