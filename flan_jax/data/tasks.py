@@ -372,7 +372,7 @@ class RenderedSource(seqio.FunctionDataSource):
 
 
 def _prune_few_shot(dataset, sequence_length=None, output_features=None, *, spec):
-    """Drops exemplars from the end until the tokenized inputs (+ EOS) fit sequence_length["inputs"].
+    """Drops trailing exemplars until the tokenized inputs (+ EOS) fit sequence_length["inputs"].
 
     Pure TF ops (no py_function), so a tf.data iterator over few-shot tasks can be
     checkpointed. Candidates with k = n-1, ..., 0 exemplars are joined exactly as
