@@ -1,39 +1,40 @@
-"""Train-step benchmark: steps/s, target tokens/s, achieved FLOP/s vs a matmul peak (same run).
+"""Train-step benchmark: speed, achieved FLOP/s vs a matmul peak of the same run, compile, memory.
 
-FLOPs come from XLA's cost analysis of the compiled (per-device) step. Usage:
-  python -m bench.train_step [--steps 5] [--configs t5_1_1/tiny,decoder_only/tiny,...]
-Prints a table and appends one JSON line per config to bench/results/train_step.jsonl.
+Per config: steps/s, target tokens/s, achieved FLOP/s (XLA cost analysis of the compiled,
+per-device step divided by the step's wall time) and its share of `bench.common`'s measured
+matmul peak, compile time cold and from the persistent compilation cache, and peak memory
+per device (XLA memory_analysis: arguments + outputs - donated + temporaries + code).
+Variant rows turn `scan_layers` / remat on for one config. Usage:
+  python -m bench.train_step [--configs t5_1_1/tiny,...] [--variants_of t5_1_1/small]
+Prints a table and appends one JSON line to bench/results/train_step.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
+import statistics
+import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
 import gin
-from flan_jax import metrics_log, optimizer, partitioning, specs, train_state
+from bench import common
+from flan_jax import optimizer, partitioning, specs, train, train_state
 
 CONFIGS = ("t5_1_1/tiny", "decoder_only/tiny", "t5_1_1/small", "decoder_only/small")
-
-
-def matmul_peak_flops(n: int = 1024, reps: int = 10) -> float:
-    """FLOP/s of a float32 [n, n] @ [n, n] on one device (the achievable peak reference)."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    t = time.perf_counter()
-    for _ in range(reps):
-        out = f(a)
-    out.block_until_ready()
-    return 2 * n**3 * reps / (time.perf_counter() - t)
+# (label, gin bindings of network.TransformerConfig)
+VARIANTS = (
+    ("scan", ("scan_layers = True",)),
+    ("remat full", ("remat_policy = 'full'",)),
+    ("scan + remat full", ("scan_layers = True", "remat_policy = 'full'")),
+)
+COLUMNS = (
+    "config", "variant", "params(M)", "batch", "compile cold(s)", "compile cached(s)",
+    "steps/s", "tgt tok/s", "GFLOP/step", "GFLOP/s", "of peak", "peak MiB",
+)  # fmt: skip
 
 
 @gin.configurable("bench_model")
@@ -41,106 +42,129 @@ def _bench_model(model=gin.REQUIRED):
     return model
 
 
-def build_model(config: str):
-    """The MODEL of gin/models/<config>.gin."""
+def build_model(config: str, bindings: tuple[str, ...] = ()):
+    """The MODEL of gin/models/<config>.gin, with `network.TransformerConfig.<binding>`s."""
     gin.clear_config()
     path = str(specs.spec_dir("gin") / "models" / f"{config}.gin")
-    gin.parse_config_files_and_bindings([path], ["bench_model.model = %MODEL"])
+    extra = [f"network.TransformerConfig.{b}" for b in bindings]
+    gin.parse_config_files_and_bindings([path], ["bench_model.model = %MODEL", *extra])
     return _bench_model()
 
 
-def random_batch(
-    model, batch_size: int, inputs: int, targets: int, vocab: int
-) -> dict[str, np.ndarray]:
+def random_batch(model, batch_size: int, inputs: int, targets: int) -> dict[str, np.ndarray]:
+    """Unpacked rows of random tokens; loss on the `targets` tokens of each row only."""
     rng = np.random.default_rng(0)
     lengths = model.feature_converter_cls(pack=False).get_model_feature_lengths(
         {"inputs": inputs, "targets": targets}
     )
+    vocab = model.config.vocab_size
     batch = {
         k: rng.integers(2, vocab, size=(batch_size, n)).astype(np.int32) for k, n in lengths.items()
     }
-    for k in batch:
-        if k.endswith("loss_weights") or k.endswith("causal_attention"):
-            batch[k] = np.ones_like(batch[k])
+    for k, n in lengths.items():
+        if k.endswith("loss_weights"):
+            batch[k] = (np.arange(n) >= n - targets).astype(np.int32)[None].repeat(batch_size, 0)
+        elif k.endswith("causal_attention"):  # prefix LM: the inputs attend bidirectionally
+            batch[k] = (np.arange(n) < n - targets).astype(np.int32)[None].repeat(batch_size, 0)
     return batch
 
 
-def bench_config(config: str, mesh, steps: int, batch_size: int, inputs: int, targets: int) -> dict:
-    model = build_model(config)
-    batch = random_batch(model, batch_size, inputs, targets, model.config.vocab_size)
+def _compile(model, tx, cfg, mesh, shapes):
+    start = time.perf_counter()
+    compiled, abstract, shardings = train.compile_train_step(
+        model, tx, optimizer.make_schedule(cfg), train_state.StepConfig(), mesh, shapes
+    )
+    return compiled, abstract, shardings, time.perf_counter() - start
+
+
+def bench_config(config: str, variant: str, bindings, mesh, *, steps, batch_size, inputs, targets):
+    """One row: compile cold then from the persistent cache, `steps` timed steps (best of)."""
+    model = build_model(config, bindings)
+    batch = random_batch(model, batch_size, inputs, targets)
     shapes = {k: v.shape for k, v in batch.items()}
     cfg = optimizer.OptimizerConfig()
     tx = optimizer.make_optimizer(cfg)
     with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
-        abstract, sh = train_state.state_shardings(model, tx, shapes, mesh)
+        jax.clear_caches()
+        compiled, abstract, sh, cold_s = _compile(model, tx, cfg, mesh, shapes)
+        jax.clear_caches()  # the in-memory caches; the persistent cache keeps the executable
+        compiled, abstract, sh, cached_s = _compile(model, tx, cfg, mesh, shapes)
         params = train_state.init_params(model, shapes, jax.random.PRNGKey(0), sh["params"])
         state = train_state.init_state(params, tx, sh)
-        bsh = partitioning.batch_sharding(mesh)
-        step_fn = train_state.make_train_step(
-            model.loss_fn, tx, optimizer.make_schedule(cfg), train_state.StepConfig(), mesh
-        )
-        step = jax.jit(
-            step_fn,
-            in_shardings=(sh, bsh),
-            out_shardings=(sh, partitioning.replicated(mesh)),
-            donate_argnums=0,
-        )
-        batch_abstract = {
-            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=bsh) for k, v in batch.items()
-        }
-        t = time.perf_counter()
-        compiled = step.lower(abstract, batch_abstract).compile()
-        compile_s = time.perf_counter() - t
-        gbatch = jax.device_put(batch, bsh)
-        state, m = compiled(state, gbatch)
-        jax.block_until_ready(m)
-        t = time.perf_counter()
-        for _ in range(steps):
-            state, m = compiled(state, gbatch)
-        jax.block_until_ready(m)
-        seconds = (time.perf_counter() - t) / steps
-    flops = metrics_log.step_flops(compiled)
+        gbatch = jax.device_put(batch, partitioning.batch_sharding(mesh))
+        times = []
+        for i in range(steps + 1):  # the first call is a warm-up
+            start = time.perf_counter()
+            state, metrics = compiled(state, gbatch)
+            jax.block_until_ready(metrics)
+            if i:
+                times.append(time.perf_counter() - start)
+    seconds = min(times)  # noise on a shared machine only adds time
+    report = train.memory_report(compiled)
+    flops = report["flops"]
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
     return {
         "config": config,
-        "params_m": n_params / 1e6,
-        "compile_s": compile_s,
-        "steps_per_s": 1 / seconds,
-        "target_tokens_per_s": batch_size * targets / seconds,
-        "flops_per_s_per_device": flops / seconds if flops else None,
+        "variant": variant,
+        "params(M)": n_params / 1e6,
+        "batch": f"{batch_size}x({inputs}+{targets})",
+        "compile cold(s)": cold_s,
+        "compile cached(s)": cached_s,
+        "steps/s": 1 / seconds,
+        "tgt tok/s": batch_size * targets / seconds,
+        "GFLOP/step": flops / 1e9 if flops else None,
+        "GFLOP/s": flops / seconds / 1e9 if flops else None,
+        "peak MiB": report["peak"] / 2**20,
+        "step_s_min": seconds,
+        "step_s_median": statistics.median(times),
+        "memory_bytes": report,
     }
 
 
-def main() -> None:
+def _size(config: str, args) -> dict:
+    small = not config.endswith("tiny")
+    return dict(
+        steps=args.small_steps if small else args.steps,
+        batch_size=args.small_batch_size if small else args.batch_size,
+        inputs=args.inputs,
+        targets=args.targets,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--variants_of", default="t5_1_1/tiny", help="config of the scan/remat rows")
+    p.add_argument("--steps", type=int, default=10, help="timed steps, tiny configs")
+    p.add_argument("--batch_size", type=int, default=8, help="tiny configs")
+    p.add_argument("--small_steps", type=int, default=3, help="timed steps, other configs")
+    p.add_argument("--small_batch_size", type=int, default=4, help="other configs")
     p.add_argument("--inputs", type=int, default=128)
     p.add_argument("--targets", type=int, default=32)
-    p.add_argument("--configs", default=",".join(CONFIGS))
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    # a fresh persistent cache: the first compile of each step is cold, the second a cache hit
+    jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="flan_jax_bench_"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    peak = common.matmul_peak_flops()
     mesh = partitioning.make_mesh((-1, 1, 1))
-    peak = matmul_peak_flops()
-    kind = jax.devices()[0].device_kind
-    print(f"device {kind} x{jax.device_count()}, matmul peak {peak / 1e9:.1f} GFLOP/s/device")
-    columns = ("params(M)", "compile(s)", "steps/s", "tgt tok/s", "GFLOP/s/dev", "of peak")
-    print(f"{'config':22s} " + " ".join(f"{c:>11s}" for c in columns))
-    os.makedirs("bench/results", exist_ok=True)
-    for config in args.configs.split(","):
-        r = bench_config(config, mesh, args.steps, args.batch_size, args.inputs, args.targets)
-        f = r["flops_per_s_per_device"]
-        print(
-            f"{config:22s} {r['params_m']:11.2f} {r['compile_s']:11.1f} {r['steps_per_s']:11.2f} "
-            f"{r['target_tokens_per_s']:11.0f} {(f or 0) / 1e9:11.2f} {(f or 0) / peak:11.1%}"
-        )
-        r.update(
-            matmul_peak_flops_per_s=peak,
-            machine=platform.machine(),
-            jax=jax.__version__,
-            **vars(args),
-        )
-        with open("bench/results/train_step.jsonl", "a") as out:
-            out.write(json.dumps(r) + "\n")
+    print(
+        f"device {peak['device']} x{jax.device_count()}, {common.host_cores()} host cores; "
+        f"matmul peak ({peak['size']}^2 {peak['dtype']}) {peak['flops_per_s'] / 1e9:.1f} GFLOP/s"
+    )
+    runs = [(c, "-", ()) for c in args.configs.split(",")]
+    runs += [(args.variants_of, label, b) for label, b in VARIANTS] if args.variants_of else []
+    rows = []
+    for config, variant, bindings in runs:
+        row = bench_config(config, variant, bindings, mesh, **_size(config, args))
+        row["of_peak_ratio"] = (row["GFLOP/s"] or 0) * 1e9 / peak["flops_per_s"]
+        row["of peak"] = f"{row['of_peak_ratio']:.1%}"
+        rows.append(row)
+        print(f"  {config} {variant}: {row['steps/s']:.3g} steps/s", flush=True)
+    common.print_table("train step (FLOPs: XLA cost analysis, per device)", rows, COLUMNS)
+    path = common.append_result(
+        "train_step", {"matmul_peak": peak, "args": vars(args), "rows": rows}
+    )
+    print(f"\nappended to {path}")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,30 @@
 """`make demo`: instruction-tune a tiny model on flan_tiny minus one cluster on CPU, then print
-held-in and held-out accuracy before and after tuning (the FLAN experiment, in minutes)."""
+held-in and held-out accuracy before and after tuning, next to chance (the FLAN experiment)."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import importlib
+import json
+import os
 import sys
+import time
 from typing import Any
 
 import jax
 import seqio
+import tensorflow as tf
 from flax import linen as nn
 from jax.sharding import Mesh
 
 from flan_jax import evaluate, input_pipeline, optimizer, partitioning, train, train_state
 from flan_jax.checkpoints import CheckpointConfig
+from flan_jax.decoding import DecodeConfig
 from flan_jax.input_pipeline import DataConfig
 from flan_jax.optimizer import OptimizerConfig
+
+RANK, GREEDY = "rank acc", "greedy EM"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -26,64 +34,141 @@ class DemoConfig:
     Attributes:
       held_out_cluster: the cluster left out of training (the mixture is flan_tiny_minus_<it>).
       full_mixture: the mixture that holds every cluster.
-      variant_suffix: evaluate only task variants ending with this (e.g. zero-shot "_zs_noopt").
-      max_examples: examples per task per evaluation.
+      max_examples: validation examples per task per evaluation.
+      eval_batch_size: rows per scoring / decoding batch.
     """
 
     held_out_cluster: str = "nli"
     full_mixture: str = "flan_tiny"
-    variant_suffix: str = "_zs_opt"
-    max_examples: int = 32
+    max_examples: int = 48
+    eval_batch_size: int = 32
 
-
-def _task_names(mixture: str, suffix: str) -> set[str]:
-    return {t.name for t in seqio.get_mixture_or_task(mixture).tasks if t.name.endswith(suffix)}
-
-
-def _accuracy(results: dict[str, dict[str, float]]) -> float:
-    values = [m.get("accuracy", m.get("exact_match", 0.0)) for m in results.values()]
-    return sum(values) / max(len(values), 1)
-
-
-def _evaluate(model, params, names, data: DataConfig, mesh, demo: DemoConfig) -> dict:
-    """{task: metrics} over `names`; a task that fails to evaluate is reported and left out."""
-    results = {}
-    for name in sorted(names):
-        try:
-            results |= evaluate.evaluate_tasks(
-                model,
-                params,
-                [name],
-                split=data.eval_split,
-                feature_lengths=dict(data.task_feature_lengths),
-                mesh=mesh,
-                batch_size=data.batch_size,
-                max_examples=demo.max_examples,
+    def __post_init__(self):
+        if self.max_examples < 1 or self.eval_batch_size < 1:
+            raise ValueError(
+                f"DemoConfig.max_examples ({self.max_examples}) and eval_batch_size "
+                f"({self.eval_batch_size}) must be >= 1"
             )
-        except Exception as e:  # noqa: BLE001 - the table reports which tasks were evaluated
-            print(f"demo: could not evaluate {name}: {type(e).__name__}: {str(e)[:200]}")
+
+
+def eval_task_names(mixture: str) -> dict[str, str]:
+    """{base task: the variant the table evaluates}: zero-shot with options (rank
+    classification) where the task has options, else zero-shot without (greedy decoding)."""
+    names = {t.name for t in seqio.get_mixture_or_task(mixture).tasks}
+    out = {}
+    for name in sorted(names):
+        for suffix in ("_zs_opt", "_zs_noopt"):
+            base = name.removesuffix(suffix)
+            if name.endswith(suffix) and not (suffix == "_zs_noopt" and base + "_zs_opt" in names):
+                out[base] = name
+    return out
+
+
+def task_row(result: evaluate.TaskResult) -> dict[str, Any]:
+    """Metric, example count and chance level of one task's evaluation.
+
+    Rank classification: accuracy over the examples with options; chance is the mean of
+    1/num_options (inverted-template examples have no options: decoded, counted in
+    `generated`). Generation: exact match of the greedy decode; chance is the share of the
+    most frequent target (always answering it).
+    """
+    ranked = [r for r in result.records if r.get("mode") == "rank_classification"]
+    if ranked:
+        chance = sum(100.0 / len(r["option_scores"]) for r in ranked) / len(ranked)
+        value = result.metrics.get("accuracy", 0.0)
+        return {
+            "eval": RANK,
+            "n": len(ranked),
+            "value": value,
+            "chance": chance,
+            "generated": len(result.records) - len(ranked),
+        }
+    targets = collections.Counter(r["target"] for r in result.records)
+    n = len(result.records)
+    chance = 100.0 * max(targets.values()) / n if n else 0.0
+    value = result.metrics.get("exact_match", result.metrics.get("accuracy", 0.0))
+    return {"eval": GREEDY, "n": n, "value": value, "chance": chance, "generated": n}
+
+
+def _evaluate(model, params, names: dict[str, str], data, mesh, demo, label: str) -> dict:
+    """{task variant: TaskResult} over every task the table shows."""
+    t0 = time.perf_counter()
+    print(f"demo: evaluating {len(names)} tasks {label} ({demo.max_examples} examples each)...")
+    config = evaluate.EvalConfig(
+        batch_size=demo.eval_batch_size,
+        max_examples=demo.max_examples,
+        decode=DecodeConfig(max_decode_len=data.task_feature_lengths["targets"]),
+    )
+    results = evaluate.run_evaluation(
+        model,
+        params,
+        sorted(names.values()),
+        split=data.eval_split,
+        feature_lengths=dict(data.task_feature_lengths),
+        config=config,
+        mesh=mesh,
+    )
+    print(f"demo: evaluated {label} in {time.perf_counter() - t0:.0f}s", flush=True)
     return results
 
 
-def _token_accuracy(model, params, names, data: DataConfig, mesh, demo: DemoConfig) -> float:
-    """Teacher-forced target-token accuracy over the tasks' eval split (always available)."""
-    data = dataclasses.replace(data, eval_max_examples=demo.max_examples)
-    converter = model.feature_converter_cls(pack=False)
-    step = jax.jit(train_state.make_eval_step(model.loss_fn))
-    correct = total = 0.0
-    for name in sorted(names):
-        for local in input_pipeline.load_eval_batches(data, converter, name):
-            m = step(params, input_pipeline.make_global_batch(local, mesh, data.batch_size))
-            correct, total = correct + float(m["correct"]), total + float(m["weight_sum"])
-    return correct / max(total, 1.0)
+def _mean_row(group: str, kind: str, members: list[dict]) -> dict:
+    mean = {k: sum(r[k] for r in members) / len(members) for k in ("before", "after", "chance")}
+    return {
+        "group": group,
+        "task": f"{group} mean ({len(members)} tasks)",
+        "cluster": "-",
+        "eval": kind,
+        "n": sum(r["n"] for r in members),
+        "generated": sum(r["generated"] for r in members),
+        **mean,
+    }
 
 
-def _table_row(model, params, names, data, mesh, demo) -> dict[str, float]:
-    row = {"token acc": _token_accuracy(model, params, names, data, mesh, demo)}
-    results = _evaluate(model, params, names, data, mesh, demo)
-    if results:
-        row[f"task acc ({len(results)}/{len(names)})"] = _accuracy(results)
-    return row
+def build_table(groups: dict[str, dict[str, str]], before: dict, after: dict) -> list[dict]:
+    """Rows: each task of each group, then the group's mean per evaluation kind."""
+    rows = []
+    for group, names in groups.items():
+        task_rows = []
+        for variant in sorted(names.values()):
+            row = task_row(before[variant])
+            row["before"] = row.pop("value")
+            row["after"] = task_row(after[variant])["value"]
+            task_rows.append(
+                {"group": group, "task": variant, "cluster": before[variant].cluster, **row}
+            )
+        rows.extend(task_rows)
+        for kind in (RANK, GREEDY):
+            members = [r for r in task_rows if r["eval"] == kind]
+            if members:
+                rows.append(_mean_row(group, kind, members))
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The table as text: task, cluster, eval, n, before, after, chance (percent)."""
+    header = ["task", "cluster", "eval", "n", "before", "after", "chance"]
+    body = [
+        [
+            r["task"],
+            r["cluster"],
+            r["eval"],
+            str(r["n"]),
+            *(f"{r[k]:.1f}" for k in ("before", "after", "chance")),
+        ]
+        for r in rows
+    ]
+    widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
+    fmt = lambda cells: "  ".join(  # noqa: E731
+        c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    )
+    lines, group = [fmt(header)], None
+    for r, cells in zip(rows, body):
+        if r["group"] != group:
+            group = r["group"]
+            lines.append(f"-- {group} " + "-" * (sum(widths) + 2 * len(widths) - len(group) - 4))
+        lines.append(fmt(cells))
+    return "\n".join(lines)
 
 
 def run_demo(
@@ -96,23 +181,29 @@ def run_demo(
     run: train.RunConfig,
     demo: DemoConfig = DemoConfig(),
     mixture_or_task_module: str | None = "flan_jax.registry",
-) -> dict[str, dict[str, float]]:
-    """Evaluates, trains with `train.train`, evaluates again; prints and returns the table."""
+) -> list[dict]:
+    """Evaluates, trains with `train.train`, evaluates again; prints, writes and returns the table.
+
+    Returns:
+      the table's rows (also in MODEL_DIR/demo_results.json).
+    """
+    t0, cpu0 = time.perf_counter(), time.process_time()
     importlib.import_module(mixture_or_task_module or "flan_jax.registry")
-    held_in = _task_names(data.mixture_or_task_name, demo.variant_suffix)
-    held_out = _task_names(demo.full_mixture, demo.variant_suffix) - held_in
+    held_in = eval_task_names(data.mixture_or_task_name)
+    every = eval_task_names(demo.full_mixture)
+    held_out = {b: v for b, v in every.items() if b not in held_in}
+    groups = {"held-in": held_in, f"held-out ({demo.held_out_cluster})": held_out}
+    names = held_in | held_out
     converter = model.feature_converter_cls(pack=data.pack)
     shapes = input_pipeline.model_input_shapes(data, converter)
     tx = optimizer.make_optimizer(optimizer_config)
     with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
         _, shardings = train_state.state_shardings(model, tx, shapes, mesh)
-        before_params = train_state.init_params(
+        init = train_state.init_params(
             model, shapes, jax.random.PRNGKey(run.seed), shardings["params"]
         )
-        groups = {"held-in": held_in, "held-out": held_out}
-        before = {
-            k: _table_row(model, before_params, n, data, mesh, demo) for k, n in groups.items()
-        }
+        before = _evaluate(model, init, names, data, mesh, demo, "before tuning")
+    print(f"demo: training {run.train_steps} steps on {data.mixture_or_task_name}", flush=True)
     state = train.train(
         model=model,
         data=data,
@@ -122,20 +213,53 @@ def run_demo(
         run=run,
     )
     with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
-        after = {
-            k: _table_row(model, state["params"], n, data, mesh, demo) for k, n in groups.items()
-        }
-    rows = {}
-    for group, names in groups.items():
-        label = f"{group} ({len(names)} tasks)"
-        if group == "held-out":
-            label += f", cluster {demo.held_out_cluster}"
-        rows[label] = {f"{k} before": v for k, v in before[group].items()}
-        rows[label] |= {f"{k} after": v for k, v in after[group].items()}
-    print("\nHeld-in (unseen validation examples) vs held-out cluster, before and after tuning:")
-    print("token acc: teacher-forced target tokens; task acc: rank classification / exact match")
-    print(evaluate.format_table(rows, first_column="tasks"))
+        after = _evaluate(model, state["params"], names, data, mesh, demo, "after tuning")
+    if jax.process_index() == 0:
+        evaluate.write_results(run.model_dir, 0, before)
+        evaluate.write_results(run.model_dir, run.train_steps, after)
+    rows = build_table(groups, before, after)
+    _report(rows, run, data, demo, wall=time.perf_counter() - t0, cpu=time.process_time() - cpu0)
     return rows
+
+
+def _report(rows, run: train.RunConfig, data: DataConfig, demo: DemoConfig, *, wall, cpu):
+    """Prints the table and where everything went; writes MODEL_DIR/demo_results.json."""
+    print(
+        f"\nflan_tiny instruction tuning: {run.train_steps} steps on {data.mixture_or_task_name}; "
+        f"held-in and held-out tasks on their '{data.eval_split}' split (percent):"
+    )
+    print(format_rows(rows))
+    generated = sum(r["generated"] for r in rows if r["eval"] == RANK and r["cluster"] != "-")
+    print(
+        f"{RANK}: rank classification of zero-shot prompts with options, over the n examples "
+        f"with options ({generated} inverted-template examples have none; their decodes are "
+        f"scored in eval/<step>/ as generated_accuracy); chance = mean 1/num_options.\n"
+        f"{GREEDY}: exact match of greedy decodes (task postprocessor applied); "
+        f"chance = share of the most frequent target."
+    )
+    model_dir = run.model_dir
+    path = os.path.join(model_dir, "demo_results.json")
+    if jax.process_index() == 0:
+        with tf.io.gfile.GFile(path, "w") as f:
+            json.dump(
+                {
+                    "train_steps": run.train_steps,
+                    "mixture": data.mixture_or_task_name,
+                    "held_out_cluster": demo.held_out_cluster,
+                    "feature_lengths": dict(data.task_feature_lengths),
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
+    print(
+        f"\nMODEL_DIR: {model_dir}\n  table: {path}\n  metrics: {model_dir}/metrics.jsonl\n"
+        f"  inferences: {model_dir}/eval/<step>/<task>.jsonl (step 0 = before tuning)\n"
+        f"  TensorBoard: tensorboard --logdir {model_dir}\n"
+        f"demo: {wall:.0f}s wall, {cpu:.0f}s CPU (this process)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

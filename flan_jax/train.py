@@ -174,6 +174,7 @@ def compile_train_step(model, tx, schedule, step_config: StepConfig, mesh: Mesh,
         in_shardings=(shardings, batch_sh),
         out_shardings=(shardings, repl),
         donate_argnums=0,
+        keep_unused=True,  # every state and batch buffer is an argument: exact memory report
     )
     batch_abstract = {
         k: jax.ShapeDtypeStruct(v, np.int32, sharding=batch_sh) for k, v in shapes.items()

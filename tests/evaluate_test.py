@@ -153,6 +153,55 @@ def test_self_consistency_majority_votes_sampled_answers(tiny):
     assert any(len(set(r["samples"])) > 1 for r in result.records)  # really sampled
 
 
+def _inverted_rows(split, shuffle_files=False, seed=None):
+    """8 examples; 3 and 7 are inverted (no options), 5 and 6 offer only a wrong option."""
+    targets = ["yes", "no", "yes", "nope!", "no", "yes", "no", "nope!"]
+    options = [["yes"], ["no"], ["yes"], [], ["no"], ["no"], ["yes"], []]
+    return tf.data.Dataset.from_tensor_slices(
+        {
+            "inputs": QUESTIONS[:8],
+            "targets": targets,
+            "options": tf.ragged.constant(options, dtype=tf.string),
+            "_cluster": ["toy"] * 8,
+        }
+    )
+
+
+def test_examples_without_options_are_generated_and_reported_apart(tiny):
+    model, params = tiny
+    name = "eval_test_inverted"
+    if name in seqio.TaskRegistry.names():
+        seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name,
+        source=seqio.FunctionDataSource(_inverted_rows, splits=["validation"]),
+        output_features={k: seqio.Feature(VOCAB, add_eos=True) for k in ("inputs", "targets")},
+        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
+        metric_fns=[evaluate.metrics_lib.accuracy],
+    )
+    cfg = evaluate.EvalConfig(batch_size=8, decode=DECODE)
+    result = evaluate.evaluate_task(
+        model, params, name, split="validation", feature_lengths=LENGTHS, config=cfg
+    )
+    modes = [r["mode"] for r in result.records]
+    assert modes == ["rank_classification"] * 3 + ["generation"] + ["rank_classification"] * 3 + [
+        "generation"
+    ]
+    # 4 of the 6 ranked examples offer only their target; decodes of 4 bytes never equal "nope!"
+    assert result.metrics == {"accuracy": pytest.approx(400 / 6), "generated_accuracy": 0.0}
+    assert [r["prediction"] for r in result.records if r["mode"] != "generation"] == [
+        "yes", "no", "yes", "no", "no", "yes"
+    ]  # fmt: skip
+    inverted = result.records[3]
+    assert inverted["target"] == "nope!" and len(inverted["prediction"]) <= 4
+    np.testing.assert_allclose(
+        inverted["score"], _direct_score(model, params, QUESTIONS[3], "nope!"), atol=1e-4
+    )
+    examples = infer.load_examples(seqio.get_mixture_or_task(name), "validation", LENGTHS, 4)
+    with pytest.raises(ValueError, match="example 3 has an empty `options` list"):
+        infer.rank_classify(model, params, examples, VOCAB, LENGTHS, batch_size=8)
+
+
 def test_mixture_on_8_devices_scores_like_1_device(tiny):
     model, params = tiny
     kwargs = dict(

@@ -241,12 +241,14 @@ def test_seqio_tokenized_dataset(mocked, name):
 
 @pytest.fixture(scope="module")
 def registered_mixtures():
-    """Registers the collection's tasks (and the T0 / CoT tasks flan2022 uses) and mixtures."""
+    """Registers the collection's tasks (and the T0 / CoT / NIv2 / dialog tasks flan2022 uses)
+    and mixtures."""
     from flan_jax import registry  # noqa: PLC0415
 
     root = spec_dir("tasks")
     task_files = SPEC_FILES + sorted((root / "t0").glob("*.yaml"))
     task_files += sorted((root / "cot").glob("*.yaml"))
+    task_files += sorted((root / "niv2").glob("*.yaml")) + sorted((root / "dialog").glob("*.yaml"))
     mixture_files = [
         MIXTURE_DIR / f"{n}.yaml"
         for n in (
@@ -254,7 +256,9 @@ def registered_mixtures():
             "flan2021_30k",
             "flan2022_flan",
             "flan2022_t0",
+            "flan2022_niv2",
             "flan2022_cot",
+            "flan2022_dialog",
             "flan2022",
         )
     ]
@@ -296,10 +300,12 @@ def test_flan2022_sub_mixture_shares_match_weights(registered_mixtures):
     groups = {
         "flan": set(_seqio_rates("flan2022_flan")),
         "t0": set(_seqio_rates("flan2022_t0")),
+        "niv2": set(_seqio_rates("flan2022_niv2")),
         "cot": set(_seqio_rates("flan2022_cot")),
+        "dialog": set(_seqio_rates("flan2022_dialog")),
     }
-    weights = {"flan": 0.4, "t0": 0.32, "cot": 0.05}  # niv2 / dialog: no tasks yet
-    expected = {g: w / sum(weights.values()) for g, w in weights.items()}
+    expected = {"flan": 0.4, "t0": 0.32, "niv2": 0.2, "cot": 0.05, "dialog": 0.03}
+    assert set(rates) == set().union(*groups.values())
     # Each member mixes zero-/few-shot with/without options (as in the Flan 2022 recipe).
     assert {
         f

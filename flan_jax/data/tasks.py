@@ -262,6 +262,57 @@ def count_examples(spec: TaskSpec, split: str = "train") -> int:
     )
 
 
+def _prepared_size(spec: TaskSpec, split: str) -> int | None:
+    """The number of examples in the present data of a split (None when it is absent)."""
+    if spec.source.type != "tfds":
+        return (
+            len(get_examples(spec, split)) if sources.data_available(spec.source, split) else None
+        )
+    import tensorflow_datasets as tfds  # noqa: PLC0415  (TFDS only for TFDS sources)
+
+    builder = tfds.builder(spec.source.name, data_dir=spec.source.data_dir)
+    tfds_split = spec.source.splits[split]
+    if builder.is_prepared() and tfds_split in builder.info.splits:
+        return builder.info.splits[tfds_split].num_examples
+    try:  # prepared without split metadata, or tfds.testing.mock_data
+        dataset = builder.as_dataset(split=tfds_split)
+    except AssertionError:  # TFDS's "could not find data in <data_dir>": nothing prepared
+        return None
+    n = int(dataset.cardinality())
+    return n if n >= 0 else int(dataset.reduce(0, lambda count, _: count + 1))
+
+
+def check_recorded_sizes(spec: TaskSpec) -> dict[str, int]:
+    """Checks the spec's recorded `num_examples` against the data where it is present.
+
+    Returns split -> actual size for every recorded split whose data is present (splits with
+    no data are skipped). Example: recorded {train: 2490} with 2490 prepared examples ->
+    {"train": 2490}; with 10 -> ValueError naming the task, split, 2490 and 10.
+
+    Raises:
+        ValueError: a recorded size differs from the data (every mismatch is listed).
+    """
+    actual, mismatches = {}, []
+    for split, recorded in spec.num_examples.items():
+        if split not in spec.source.splits:
+            mismatches.append(
+                f"split {split!r}: recorded {recorded} but the source has no such split"
+            )
+            continue
+        n = _prepared_size(spec, split)
+        if n is None:
+            continue
+        actual[split] = n
+        if n != recorded:
+            mismatches.append(f"split {split!r}: recorded num_examples {recorded}, data has {n}")
+    if mismatches:
+        raise ValueError(
+            f"task {spec.name!r}: {'; '.join(mismatches)}; update `num_examples:` in the spec "
+            f"({spec.base_dir or 'Python spec'}) or re-prepare the data"
+        )
+    return actual
+
+
 def get_pool(spec: TaskSpec) -> Sequence[dict[str, Any]]:
     """The few-shot exemplar pool: the first `few_shot.pool_size` train examples."""
     if spec.source.type != "tfds":
