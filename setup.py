@@ -13,6 +13,8 @@ setuptools.setup(
     package_data={
         "flan_jax": [
             "specs/tasks/**/*.yaml",
+            "specs/tasks/**/*.json",
+            "specs/tasks/**/*.jsonl",
             "specs/mixtures/**/*.yaml",
             "specs/gin/**/*.gin",
         ]

@@ -116,7 +116,8 @@ def test_shipped_mixtures_are_clean():
     # the cot_gsm8k spec drops them with `drop_eval_overlaps`, so nothing is left to report.
     assert report.overlaps == [], decontaminate.format_report(report)
     assert report.checked["cot_gsm8k"] == 7471
-    assert len(report.checked) == 283 + 7  # every T0 and CoT task read from the real files
+    # every T0 and CoT task read from the real files, plus the NIv2 and dialog samples
+    assert len(report.checked) == 283 + 7 + 3
     assert sum(report.checked.values()) > 50_000
     assert len(report.skipped) == 63  # FLAN 2021 TFDS datasets are not prepared here
     flan2021 = decontaminate.check_mixture("flan2021_minus_nli", eval_sets=sets)

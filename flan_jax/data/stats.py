@@ -89,10 +89,13 @@ def mixture_stats(
 
 
 def _count(task: str) -> int:
+    """Train examples of a task variant; recorded sizes are checked against data present."""
     try:
-        return tasks.count_examples(tasks.get_task_spec(task), "train")
-    except ValueError:
+        spec = tasks.get_task_spec(task)
+    except ValueError:  # a plain seqio task (e.g. a benchmark), not from a spec
         return seqio.get_mixture_or_task(task).num_input_examples("train") or 0
+    tasks.check_recorded_sizes(spec)
+    return tasks.count_examples(spec, "train")
 
 
 def format_table(rows: list[TaskStats]) -> str:
