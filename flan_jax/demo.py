@@ -40,7 +40,7 @@ class DemoConfig:
 
     held_out_cluster: str = "nli"
     full_mixture: str = "flan_tiny"
-    max_examples: int = 48
+    max_examples: int = 32
     eval_batch_size: int = 32
 
     def __post_init__(self):
@@ -188,6 +188,14 @@ def run_demo(
       the table's rows (also in MODEL_DIR/demo_results.json).
     """
     t0, cpu0 = time.perf_counter(), time.process_time()
+    want = f"{demo.full_mixture}_minus_{demo.held_out_cluster}"
+    if data.mixture_or_task_name != want:
+        raise ValueError(
+            f"MIXTURE_OR_TASK_NAME ({data.mixture_or_task_name!r}) does not hold out "
+            f"HELD_OUT_CLUSTER ({demo.held_out_cluster!r}); set both, e.g. "
+            f"--gin.HELD_OUT_CLUSTER=\"'{demo.held_out_cluster}'\" "
+            f"--gin.MIXTURE_OR_TASK_NAME=\"'{want}'\""
+        )
     importlib.import_module(mixture_or_task_module or "flan_jax.registry")
     held_in = eval_task_names(data.mixture_or_task_name)
     every = eval_task_names(demo.full_mixture)

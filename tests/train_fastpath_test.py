@@ -160,6 +160,7 @@ def _unpack(rows) -> collections.Counter:
             ex = tuple(
                 (k, tuple(v[row[f"{k.split('_')[0]}_segment_ids"] == s].tolist()))
                 for k, v in sorted(row.items())
+                if not k.endswith("_segment_ids")  # a slot number in the row, not the example
             )
             examples[ex] += 1
     return examples
