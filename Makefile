@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(PY) -m flan_jax.demo
+	$(VENV)/bin/flan-jax demo
 
 test: install-test
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) tests

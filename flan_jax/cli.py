@@ -18,6 +18,7 @@ COMMANDS = {
     "convert": "flan_jax.convert.cli",
     "tasks": "flan_jax.data.cli",
     "mixture": "flan_jax.data.cli",
+    "demo": "flan_jax.demo",
 }
 PASS_SUBCOMMAND = ("tasks", "mixture")  # flan_jax.data.cli parses these words itself
 # TensorFlow/absl/XLA start-up lines that say nothing to a user.
@@ -30,6 +31,7 @@ NOISE = (
     "computation placer already registered",
     "TF-TRT Warning",
     "This TensorFlow binary is optimized",
+    "Path not found: ",  # gin trying each search path in turn before it finds a file
 )
 
 
