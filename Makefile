@@ -31,7 +31,7 @@ test: install-test
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) tests
 
 lint: install-test
-	$(VENV)/bin/ruff check flan_jax tests bench
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check flan_jax tests bench
 	$(VENV)/bin/shellcheck -x tpu_scripts/*.sh
 

@@ -1,4 +1,4 @@
-"""flan_jax: FLAN-style instruction tuning in JAX (seqio data, gin-configured T5X-style trainers)."""
+"""flan_jax: FLAN-style instruction tuning in JAX (seqio data, gin-configured T5X trainers)."""
 import setuptools
 
 setuptools.setup(
