@@ -3,6 +3,12 @@ efficiency (non-pad share of row slots) of seqio's greedy packing vs best fit.
 
     python -m bench.data_pipeline                       # flan_tiny (+ GLUE/CoT files if found)
     python -m bench.data_pipeline --num_examples 20000 --mixtures flan_tiny
+    python -m bench.data_pipeline --enc_dec_lengths 256/64,512/128 --no_full
+
+Packing efficiency depends on the feature lengths as much as on the packer: encoder-decoder
+rows are packed jointly, so a `targets` length that truncates long targets also caps how full
+the encoder rows can get. Each enc-dec length pair is therefore its own row of the table, with
+the share of examples whose inputs / targets it truncates.
 
 Stages, each timed on its own (tf.data uses every core; per-core = total / host cores):
   tokenize  mixture.get_dataset (source, templates, few-shot, tokenisation, mixing), unpacked
@@ -25,6 +31,7 @@ from bench import common
 ENC_DEC_KEYS = ("encoder_input_tokens", "decoder_target_tokens")
 DECODER_KEYS = ("decoder_target_tokens",)
 FILE_MIXTURE = "bench_glue_cot"
+UNCUT_TARGETS = 1 << 14
 
 
 def _lengths(text: str) -> dict[str, int]:
@@ -53,12 +60,26 @@ def register_file_mixture() -> str | None:
     return FILE_MIXTURE
 
 
+def _length_pairs(text: str) -> list[dict[str, int]]:
+    """'256/64,512/128' -> [{'inputs': 256, 'targets': 64}, {'inputs': 512, 'targets': 128}]."""
+    try:
+        pairs = [tuple(int(x) for x in p.split("/")) for p in text.split(",")]
+        return [{"inputs": i, "targets": t} for i, t in pairs]
+    except ValueError as e:
+        raise SystemExit(f"length pairs {text!r} must look like 256/64,512/128") from e
+
+
 def _examples(name: str, lengths: Mapping[str, int], n: int) -> tuple[list[dict], float, float]:
-    """First `n` tokenized examples (unshuffled), seconds to the first one, seconds for all."""
+    """First `n` tokenized examples (unshuffled), seconds to the first one, seconds for all.
+
+    Few-shot formats fit their exemplars to `lengths["inputs"]` and seqio's tasks cut inputs
+    there; targets are left whole (the packers below cut them), so truncation can be counted.
+    """
     import seqio  # noqa: PLC0415
 
     start = time.perf_counter()
-    ds = seqio.get_mixture_or_task(name).get_dataset(lengths, split="train", shuffle=False, seed=0)
+    fetch = {"inputs": lengths["inputs"], "targets": UNCUT_TARGETS}
+    ds = seqio.get_mixture_or_task(name).get_dataset(fetch, split="train", shuffle=False, seed=0)
     out, first = [], None
     for ex in ds.take(n).as_numpy_iterator():
         first = first or time.perf_counter() - start
@@ -98,6 +119,10 @@ def _pack(examples, lengths, kind: str, method: str, buffer_size: int) -> dict[s
     counts = packing.count_tokens(rows, keys)
     record = {
         "kind": kind,
+        "feature_lengths": "/".join(str(v) for v in lengths.values()),
+        # inputs at the limit were cut there (or fit exactly); targets over it are cut here
+        "full_in": float(np.mean([len(e["inputs"]) >= lengths["inputs"] for e in examples])),
+        "cut_tgt": float(np.mean([len(e["targets"]) > lengths["targets"] for e in examples])),
         "packer": method,
         "rows": len(rows),
         "ex_per_row": len(examples) / len(rows),
@@ -135,36 +160,33 @@ def _full_pipeline(name: str, lengths, n: int, buffer_size: int) -> dict[str, fl
 
 def bench_mixture(name: str, args) -> list[dict[str, Any]]:
     cores = common.host_cores()
-    examples, first_s, total_s = _examples(name, args.feature_lengths, args.num_examples)
-    n = len(examples)
-    tokens = sum(len(e["inputs"]) + len(e["targets"]) for e in examples)
-    steady = max(total_s - first_s, 1e-9)
-    base = {
-        "mixture": name,
-        "examples": n,
-        "mean_inputs": float(np.mean([len(e["inputs"]) for e in examples])),
-        "mean_targets": float(np.mean([len(e["targets"]) for e in examples])),
-        "startup_s": first_s,
-        "tok_ex_per_s": n / steady,
-        "tok_ex_per_s_core": n / steady / cores,
-        "tok_tokens_per_s_core": tokens / steady / cores,
-    }
-    full = {}
-    if args.full:
-        full = _full_pipeline(name, args.feature_lengths, n, args.buffer_size)
-    rows = []
-    for kind, lengths in (
-        ("enc_dec", args.feature_lengths),
-        ("decoder", args.decoder_feature_lengths),
-    ):
-        for method in ("greedy", "best_fit"):
-            record = {
-                **base,
-                "feature_lengths": lengths,
-                **_pack(examples, lengths, kind, method, args.buffer_size),
+    rows, full = [], {}
+    settings = [("enc_dec", lengths) for lengths in args.enc_dec_lengths]
+    settings.append(("decoder", args.decoder_feature_lengths))
+    for i, (kind, lengths) in enumerate(settings):
+        examples, first_s, total_s = _examples(name, lengths, args.num_examples)
+        n = len(examples)
+        base = {
+            "mixture": name,
+            "examples": n,
+            "mean_inputs": float(np.mean([len(e["inputs"]) for e in examples])),
+            "mean_targets": float(np.mean([len(e["targets"]) for e in examples])),
+        }
+        if i == 0:  # tokenisation throughput, measured once per mixture (first length pair)
+            tokens = sum(len(e["inputs"]) + len(e["targets"]) for e in examples)
+            steady = max(total_s - first_s, 1e-9)
+            base |= {
+                "startup_s": first_s,
+                "tok_ex_per_s": n / steady,
+                "tok_ex_per_s_core": n / steady / cores,
+                "tok_tokens_per_s_core": tokens / steady / cores,
             }
+            if args.full:
+                full = _full_pipeline(name, lengths, n, args.buffer_size)
+        for method in ("greedy", "best_fit"):
+            record = {**base, **_pack(examples, lengths, kind, method, args.buffer_size)}
             record["pack_ex_per_s_core"] = record["pack_ex_per_s"] / cores
-            if kind == "enc_dec" and method == "best_fit":
+            if i == 0 and method == "best_fit":
                 record.update(full)
             rows.append(record)
     return rows
@@ -179,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--num_examples", type=int, default=3000)
     parser.add_argument(
-        "--feature_lengths", type=_lengths, default=_lengths("inputs=256,targets=64")
+        "--enc_dec_lengths",
+        type=_length_pairs,
+        default=_length_pairs("256/64,256/128,512/128"),
+        help="encoder-decoder inputs/targets length pairs, one table row each",
     )
     parser.add_argument(
         "--decoder_feature_lengths", type=_lengths, default=_lengths("inputs=448,targets=64")
@@ -214,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             "mixture",
             "kind",
             "feature_lengths",
+            "full_in",
+            "cut_tgt",
             "packer",
             "rows",
             "ex_per_row",
@@ -223,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             "pack_ex_per_s_core",
         ],
     )
-    pipeline = [r for r in rows if r["kind"] == "enc_dec" and r["packer"] == "best_fit"]
+    pipeline = [r for r in rows if "tok_ex_per_s_core" in r and r["packer"] == "best_fit"]
     common.print_table(
         "Pipeline throughput per host core "
         "(tok: templating + tokenisation + mixing; full: + best-fit packing)",

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import seqio
 import tensorflow as tf
 
+from flan_jax.data.sources import read_jsonl
 from flan_jax.metrics import accuracy, bbh_answer, choice_letter, gsm8k_answer
 
 LETTERS = ("A", "B", "C", "D")
@@ -152,33 +153,27 @@ def load_gsm8k_jsonl(path: str) -> list[Example]:
       [{"question", "answer" (as in the file), "rationale" (no <<..>> notes), "number"}].
     """
     rows = []
-    with open(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: invalid JSON ({e.msg})") from e
-            answer = row.get("answer") if isinstance(row, dict) else None
-            if (
-                not isinstance(answer, str)
-                or "####" not in answer
-                or not isinstance(row.get("question"), str)
-            ):
-                raise ValueError(
-                    f'{path}:{line_no}: expected {{"question": str, "answer": "... #### N"}}'
-                )
-            rationale, number = answer.rsplit("####", 1)
-            rationale = " ".join(_CALCULATOR.sub("", rationale).split())
-            rows.append(
-                {
-                    "question": row["question"],
-                    "answer": answer,
-                    "rationale": rationale,
-                    "number": number.strip().replace(",", ""),
-                }
+    for line_no, row in read_jsonl(path):
+        answer = row.get("answer")
+        if (
+            not isinstance(answer, str)
+            or "####" not in answer
+            or not isinstance(row.get("question"), str)
+        ):
+            raise ValueError(
+                f'{path}:{line_no}: expected {{"question": str, "answer": "... #### N"}}, got '
+                f"{repr(row)[:80]}"
             )
+        rationale, number = answer.rsplit("####", 1)
+        rationale = " ".join(_CALCULATOR.sub("", rationale).split())
+        rows.append(
+            {
+                "question": row["question"],
+                "answer": answer,
+                "rationale": rationale,
+                "number": number.strip().replace(",", ""),
+            }
+        )
     return rows
 
 

@@ -411,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     gin.clear_config()
     args = gin_flags.parse(argv, "flan-jax eval")
+    gin_flags.enable_compilation_cache(args)  # before anything compiles
     gin_flags.initialize_distributed(args)
     # `python -m` runs this file as __main__: use the module gin registered
     gin.get_configurable(importlib.import_module("flan_jax.evaluate").evaluate_checkpoint)()

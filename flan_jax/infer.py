@@ -1,7 +1,8 @@
-"""Inference: batched scoring and decoding of token rows, checkpoint restore, `flan-jax infer`.
+"""`flan-jax infer`: predictions or scores for a task or a JSONL file of `{"inputs": ...}` lines,
+JSONL out.
 
-The batching layer under flan_jax.evaluate and flan_jax.generate, and the `infer` entry point:
-predictions or scores for a task or a JSONL file of `{"inputs": ...}` lines, JSONL out.
+The batched core (scoring, rank classification, decoding, checkpoint restore) lives in
+flan_jax.inference; its names are re-exported here for existing callers.
 """
 
 from __future__ import annotations
@@ -9,313 +10,63 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import functools
 import importlib
 import json
 import os
-import re
 import sys
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol, TextIO
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 import jax
-import numpy as np
 import seqio
 import tensorflow as tf
-from flax import linen as nn
-from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import Mesh
 
-from flan_jax import checkpoints, partitioning
 from flan_jax.data import vocab as vocab_lib
+from flan_jax.data.sources import read_jsonl
 from flan_jax.decoding import DecodeConfig
-from flan_jax.partitioning import logical_to_mesh_spec
+from flan_jax.inference import (
+    Batch,
+    Model,
+    as_text,
+    checkpoint_step,
+    decode_tokens,
+    generate,
+    jitted_predict,
+    jitted_score,
+    load_examples,
+    model_batches,
+    place_params,
+    rank_classify,
+    restore_params,
+    score_rows,
+)
+
+__all__ = [
+    "MODES",
+    "Batch",
+    "InferConfig",
+    "Model",
+    "as_text",
+    "checkpoint_step",
+    "decode_tokens",
+    "encode_text",
+    "generate",
+    "infer_rows",
+    "jitted_predict",
+    "jitted_score",
+    "load_examples",
+    "main",
+    "model_batches",
+    "place_params",
+    "rank_classify",
+    "read_jsonl_inputs",
+    "restore_params",
+    "run_inference",
+    "score_rows",
+]
 
 MODES = ("predict", "score")
-
-Batch = dict[str, np.ndarray]
-
-
-class Model(Protocol):
-    """What evaluation needs of flan_jax.models.EncoderDecoderModel / DecoderOnlyModel."""
-
-    feature_converter_cls: type[seqio.FeatureConverter]
-
-    def score_batch(self, params: Any, batch: Batch) -> jax.Array: ...
-
-    def predict_batch(
-        self, params: Any, batch: Batch, rng=None, *, decode: DecodeConfig
-    ) -> jax.Array: ...
-
-
-# ----------------------------------------------------------------------------- batching
-
-
-def load_examples(
-    task: seqio.Task, split: str, feature_lengths: dict[str, int], max_examples: int | None
-) -> list[dict]:
-    """The task's examples (tokenized, trimmed to `feature_lengths`) as numpy dicts, in order."""
-    ds = task.get_dataset(
-        feature_lengths, split=split, shuffle=False, num_epochs=1, use_cached=False
-    )
-    if max_examples is not None:
-        ds = ds.take(max_examples)
-    return list(ds.as_numpy_iterator())
-
-
-def as_text(value: Any) -> str:
-    """A tf.string value (bytes) as str."""
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def model_batches(
-    model: Model, rows: Sequence[dict], feature_lengths: dict[str, int], batch_size: int
-) -> Iterator[tuple[Batch, int]]:
-    """Converts {inputs, targets} token rows with the model's feature converter (no packing).
-
-    Yields:
-      (batch of exactly `batch_size` rows, number of real rows); the last batch is padded
-      with all-zero rows, which score 0 and are dropped by the caller.
-    """
-    lengths = {k: feature_lengths[k] for k in ("inputs", "targets")}
-    spec = tf.TensorSpec([None], tf.int32)
-    ds = tf.data.Dataset.from_generator(
-        lambda: (
-            {
-                "inputs": np.asarray(r["inputs"], np.int32),
-                "targets": np.asarray(r["targets"], np.int32),
-            }
-            for r in rows
-        ),
-        output_signature={"inputs": spec, "targets": spec},
-    )
-    converted = model.feature_converter_cls(pack=False)(ds, lengths)
-    for batch in converted.batch(batch_size).as_numpy_iterator():
-        n = len(next(iter(batch.values())))
-        if n < batch_size:
-            batch = {
-                k: np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)])
-                for k, v in batch.items()
-            }
-        yield batch, n
-
-
-def _check_batch_size(batch_size: int, mesh: Mesh | None) -> None:
-    if mesh is None:
-        return
-    ways = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
-    if batch_size % ways:
-        raise ValueError(
-            f"eval batch_size ({batch_size}) must be divisible by data*fsdp ({ways}) of mesh "
-            f"{dict(mesh.shape)}; pick a multiple of {ways}"
-        )
-
-
-def _place(batch: Batch, mesh: Mesh | None) -> Batch:
-    if mesh is None:
-        return batch
-    sharding = NamedSharding(mesh, logical_to_mesh_spec(("activation_batch",)))
-    return {k: jax.device_put(v, sharding) for k, v in batch.items()}
-
-
-def place_params(params: Any, mesh: Mesh | None) -> Any:
-    """Replicates params that live on one device onto `mesh` (sharded params stay as they are)."""
-    if mesh is None:
-        return params
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def put(x):
-        on_one = not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1
-        return jax.device_put(x, replicated) if on_one else x
-
-    return jax.tree.map(put, params)
-
-
-# ----------------------------------------------------------------------------- modes
-
-
-@functools.lru_cache(maxsize=32)
-def jitted_score(model: Model):
-    """`jax.jit(model.score_batch)`, compiled once per model (a bound method is new each time)."""
-    return jax.jit(model.score_batch)
-
-
-@functools.lru_cache(maxsize=32)
-def jitted_predict(model: Model, decode: DecodeConfig):
-    """`predict(params, batch, rng)` jitted once per (model, decode config)."""
-    return jax.jit(lambda p, b, r: model.predict_batch(p, b, r, decode=decode))
-
-
-def score_rows(
-    model: Model,
-    params: Any,
-    rows: Sequence[dict],
-    feature_lengths: dict[str, int],
-    *,
-    batch_size: int,
-    mesh: Mesh | None = None,
-    length_normalize: bool = False,
-    score_fn=None,
-) -> np.ndarray:
-    """Summed (or, with `length_normalize`, mean) target log-likelihood per {inputs, targets} row.
-
-    Returns:
-      [len(rows)] float32 scores, one forward pass per batch of `batch_size` rows.
-    """
-    _check_batch_size(batch_size, mesh)
-    score_fn = score_fn or jitted_score(model)
-    out = []
-    for batch, n in model_batches(model, rows, feature_lengths, batch_size):
-        scores = np.asarray(jax.device_get(score_fn(params, _place(batch, mesh))), np.float32)
-        if length_normalize:
-            scores = scores / np.maximum(batch["decoder_loss_weights"].sum(axis=1), 1)
-        out.append(scores[:n])
-    return np.concatenate(out) if out else np.zeros([0], np.float32)
-
-
-def rank_classify(
-    model: Model,
-    params: Any,
-    examples: Sequence[dict],
-    vocab: seqio.Vocabulary,
-    feature_lengths: dict[str, int],
-    *,
-    batch_size: int,
-    length_normalize: bool = False,
-    mesh: Mesh | None = None,
-) -> list[tuple[str, list[float]]]:
-    """FLAN's classification protocol: score every option given the input, pick the best.
-
-    Returns:
-      per example (chosen option string, [score of each option]).
-
-    Raises:
-      ValueError: an example has an empty `options` list (an inverted template's example).
-    """
-    rows, owners = [], []
-    max_target = feature_lengths["targets"]
-    for i, ex in enumerate(examples):
-        if len(ex["options"]) == 0:
-            raise ValueError(
-                f"example {i} has an empty `options` list (input: "
-                f"{as_text(ex.get('inputs_pretokenized', ''))[:80]!r}); rank classification "
-                "needs at least one option. Inverted templates carry none: score such examples "
-                "by generation (flan_jax.evaluate.evaluate_task does)"
-            )
-        for option in ex["options"]:
-            ids = list(vocab.encode(as_text(option)))[: max_target - 1] + [vocab.eos_id]
-            rows.append({"inputs": ex["inputs"], "targets": ids})
-            owners.append(i)
-    scores = score_rows(
-        model,
-        params,
-        rows,
-        feature_lengths,
-        batch_size=batch_size,
-        mesh=mesh,
-        length_normalize=length_normalize,
-    )
-    per_example: list[list[float]] = [[] for _ in examples]
-    for owner, score in zip(owners, scores):
-        per_example[owner].append(float(score))
-    out = []
-    for ex, option_scores in zip(examples, per_example):
-        best = int(np.argmax(option_scores))
-        out.append((as_text(ex["options"][best]), option_scores))
-    return out
-
-
-def decode_tokens(tokens: np.ndarray, vocab: seqio.Vocabulary) -> str:
-    """Text of one decoded row, cut at the first EOS (pad 0 dropped)."""
-    ids = [int(t) for t in tokens]
-    if vocab.eos_id in ids:
-        ids = ids[: ids.index(vocab.eos_id)]
-    return vocab.decode([t for t in ids if t != 0])
-
-
-def generate(
-    model: Model,
-    params: Any,
-    examples: Sequence[dict],
-    vocab: seqio.Vocabulary,
-    feature_lengths: dict[str, int],
-    decode: DecodeConfig,
-    *,
-    batch_size: int,
-    mesh: Mesh | None = None,
-    rng: jax.Array | None = None,
-) -> list[str]:
-    """Decoded text per example (`decode.num_samples` must be 1; sample k times for more)."""
-    _check_batch_size(batch_size, mesh)
-    predict = jitted_predict(model, decode)
-    rng = jax.random.key(0) if rng is None else rng
-    rows = [{"inputs": ex["inputs"], "targets": ex["targets"]} for ex in examples]
-    texts = []
-    for i, (batch, n) in enumerate(model_batches(model, rows, feature_lengths, batch_size)):
-        tokens = np.asarray(
-            jax.device_get(predict(params, _place(batch, mesh), jax.random.fold_in(rng, i)))
-        )
-        if tokens.ndim == 3:  # [batch, num_decodes, length]: the best (first) decode
-            tokens = tokens[:, 0]
-        texts.extend(decode_tokens(row, vocab) for row in tokens[:n])
-    return texts
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_step(path: str) -> int:
-    """The training step of a checkpoint path, for naming eval outputs.
-
-    `.../checkpoints/N` or T5X's `checkpoint_N` give N; a flan_jax MODEL_DIR (or its
-    `checkpoints/` dir) gives its latest step; converted / HF checkpoints give 0.
-    """
-    path = os.path.expanduser(path).rstrip("/")
-    if os.path.basename(path) == "default":  # the orbax item dir inside a step dir
-        path = os.path.dirname(path)
-    m = re.fullmatch(r"(?:checkpoint_)?(\d+)", os.path.basename(path))
-    if m:
-        return int(m.group(1))
-    for root in (os.path.join(path, "checkpoints"), path):
-        if tf.io.gfile.isdir(root):
-            steps = [
-                int(n.rstrip("/")) for n in tf.io.gfile.listdir(root) if n.rstrip("/").isdigit()
-            ]
-            if steps:
-                return max(steps)
-    return 0
-
-
-def restore_params(model: Any, path: str, mesh: Mesh | None = None) -> tuple[Any, int]:
-    """Parameters of `model` from a checkpoint, and its step.
-
-    Args:
-      model: an EncoderDecoderModel / DecoderOnlyModel (its config must match the checkpoint).
-      path: a flan_jax MODEL_DIR, checkpoints dir or step dir (the latest step is used), or a
-        converted / Hugging Face / T5X checkpoint (`flan_jax.convert.load_params`).
-      mesh: place parameters with the model's logical shardings on it (None: one device).
-
-    Returns:
-      (params, step): unboxed params on `mesh` (or the first device) and `checkpoint_step`.
-    """
-    shapes = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
-    if mesh is None:
-        device = SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, model.param_shapes(shapes))
-    else:
-        boxed = jax.eval_shape(lambda r: model.get_initial_variables(r, shapes), jax.random.key(0))[
-            "params"
-        ]
-        shardings = partitioning.params_shardings(boxed, mesh)
-    abstract = jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        model.param_shapes(shapes),
-        shardings,
-    )
-    params = checkpoints.load_initial_params(os.path.expanduser(path), abstract)
-    return nn.unbox(params), checkpoint_step(path)
-
-
-# ----------------------------------------------------------------------------- infer entry
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -357,22 +108,15 @@ def read_jsonl_inputs(path: str, *, need_targets: bool) -> list[dict[str, str]]:
       ValueError naming the file and line of a line that is not such an object.
     """
     rows = []
-    with tf.io.gfile.GFile(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not JSON ({e}); write one object a line") from e
-            keys = ("inputs", "targets") if need_targets else ("inputs",)
-            bad = [k for k in keys if not isinstance(row, dict) or not isinstance(row.get(k), str)]
-            if bad:
-                raise ValueError(
-                    f"{path}:{number}: {line.strip()[:80]!r} lacks string field(s) {bad}; expected "
-                    '{"inputs": "...", "targets": "..."} (targets needed by --mode score)'
-                )
-            rows.append({k: row[k] for k in ("inputs", "targets") if k in row})
+    keys = ("inputs", "targets") if need_targets else ("inputs",)
+    for number, row in read_jsonl(path, opener=tf.io.gfile.GFile):
+        bad = [k for k in keys if not isinstance(row.get(k), str)]
+        if bad:
+            raise ValueError(
+                f"{path}:{number}: {json.dumps(row)[:80]!r} lacks string field(s) {bad}; expected "
+                '{"inputs": "...", "targets": "..."} (targets needed by --mode score)'
+            )
+        rows.append({k: row[k] for k in ("inputs", "targets") if k in row})
     return rows
 
 

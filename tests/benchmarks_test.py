@@ -45,7 +45,7 @@ def test_loader_errors_name_file_line_and_fix(tmp_path):
     with pytest.raises(ValueError, match=r"g\.jsonl:2: expected .*#### N"):
         benchmarks.load_gsm8k_jsonl(bad)
     bad = _write(tmp_path / "h.jsonl", '{"question": "q", "answer": "1 #### 1"}\n{oops\n')
-    with pytest.raises(ValueError, match=r"h\.jsonl:2: invalid JSON"):
+    with pytest.raises(ValueError, match=r"h\.jsonl:2: malformed JSON line"):
         benchmarks.load_gsm8k_jsonl(bad)
     bad = _write(
         tmp_path / "t.json", '{"examples": [\n{"input": "x", "target": "y"},\n{"input": 3}]}'

@@ -10,7 +10,7 @@ import tensorflow as tf
 import yaml
 from conftest import needs_data
 
-from flan_jax.data import sources, tasks, vocab
+from flan_jax.data import sources, task_examples, tasks, vocab
 
 TEMPLATES = [
     {"inputs": "Is '{text}' good or bad?\n{options_}", "targets": "{answer}"},
@@ -188,7 +188,7 @@ def test_file_errors_name_path_and_line(jsonl, monkeypatch):
                 source={"type": "function", "fn": "json:loads", "splits": ["train"]},
             )
         )
-        tasks._map_fields(bad, {"review": "x", "label": 7}, "train", 0)
+        task_examples._map_fields(bad, {"review": "x", "label": 7}, "train", 0)
 
 
 def test_tsv_csv_sources(tmp_path):

@@ -321,6 +321,7 @@ def test_main_evaluates_a_trainer_checkpoint_and_writes_every_output(tmp_path, c
     out = str(tmp_path / "out")
     assert evaluate.main([
         f"--gin_file={tmp_path / 'model.gin'}", "--gin_file=runs/eval.gin",
+        "--compilation_cache_dir=none",  # leave this process's JAX config as it was
         f"--gin.CHECKPOINT_PATH='{tmp_path / 'run'}'", f"--gin.MODEL_DIR='{out}'",
         "--gin.MIXTURE_OR_TASK_NAME='tiny_height_nli_zs_opt'", "--gin.MIXTURE_OR_TASK_MODULE=None",
         f"--gin.TASK_FEATURE_LENGTHS={EVAL_LENGTHS}", "--gin.BATCH_SIZE=8", "--gin.MAX_EXAMPLES=3",

@@ -9,33 +9,12 @@ import pytest
 import seqio
 from conftest import FIXTURES_DIR, needs_fixtures
 from flax import linen as nn
+from tiny_configs import LLAMA, T5_TINY
 
 from flan_jax import models, network
 from flan_jax.decoding import DecodeConfig
 
 T5X_TINY = os.path.join(FIXTURES_DIR, "t5x_tiny")
-TINY_T5 = network.TransformerConfig(
-    vocab_size=384,
-    emb_dim=128,
-    num_heads=4,
-    head_dim=32,
-    mlp_dim=512,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-)
-LLAMA = network.TransformerConfig(
-    vocab_size=64,
-    emb_dim=32,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    mlp_dim=64,
-    num_decoder_layers=2,
-    mlp_activations=("silu", "linear"),
-    position_embedding="rope",
-    rope_theta=500.0,
-    scale_attention_logits=True,
-)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +25,7 @@ def t5x():
         "target"
     ]
     data = dict(np.load(os.path.join(T5X_TINY, "batch_and_logits.npz")))
-    return models.EncoderDecoderModel(TINY_T5), params, data
+    return models.EncoderDecoderModel(T5_TINY), params, data
 
 
 BATCH_KEYS = (
@@ -239,7 +218,7 @@ def test_decoder_only_packed_row_equals_examples_alone():
 
 
 def test_feature_converters_and_flops():
-    assert models.EncoderDecoderModel(TINY_T5).feature_converter_cls is seqio.EncDecFeatureConverter
+    assert models.EncoderDecoderModel(T5_TINY).feature_converter_cls is seqio.EncDecFeatureConverter
     assert models.DecoderOnlyModel(LLAMA).feature_converter_cls is seqio.DecoderFeatureConverter
     prefix = models.DecoderOnlyModel(LLAMA, inputs_bidirectional_attention=True)
     assert prefix.feature_converter_cls is seqio.PrefixLMFeatureConverter
@@ -247,4 +226,4 @@ def test_feature_converters_and_flops():
     n = 2 * (1024 + 2 * 512 + 1024 + 3 * 2048) + 2048 + 2 * (2 * 32) + 32  # + norms
     assert models.DecoderOnlyModel(LLAMA).flops_per_token(16) == 6 * n + 12 * 2 * 4 * 8 * 16
     with pytest.raises(ValueError, match="num_encoder_layers=2"):
-        models.DecoderOnlyModel(TINY_T5)
+        models.DecoderOnlyModel(T5_TINY)

@@ -1,5 +1,6 @@
 """Tests of flan_jax.network: size configs, scan/remat/attention options, dtypes, bad configs."""
 
+import dataclasses
 import os
 
 import jax
@@ -7,31 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+from tiny_configs import LLAMA, T5_TINY
 
 import gin
 from flan_jax import models, network
 
 GIN_MODELS = os.path.join(os.path.dirname(__file__), "..", "gin", "models")
-ENC_DEC = network.TransformerConfig(
-    vocab_size=40,
-    emb_dim=16,
-    num_heads=4,
-    head_dim=4,
-    mlp_dim=32,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-)
-DEC = network.TransformerConfig(
-    vocab_size=40,
-    emb_dim=16,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=4,
-    mlp_dim=32,
-    num_decoder_layers=3,
-    mlp_activations=("silu", "linear"),
-    position_embedding="rope",
-    scale_attention_logits=True,
+# The shared tiny configs, shrunk: the same architectures at a few kilobytes of parameters.
+ENC_DEC = dataclasses.replace(T5_TINY, vocab_size=40, emb_dim=16, head_dim=4, mlp_dim=32)
+DEC = dataclasses.replace(
+    LLAMA, vocab_size=40, emb_dim=16, head_dim=4, mlp_dim=32, num_decoder_layers=3, rope_theta=1e4
 )
 ENC_DEC_BATCH = {
     "encoder_input_tokens": jnp.array([[3, 4, 5, 1, 7, 8, 1, 0], [9, 10, 11, 12, 1, 0, 0, 0]]),

@@ -1,35 +1,27 @@
 """Golden partition specs of every tiny-config parameter; sharded == single-device forward."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
+from tiny_configs import LLAMA, T5_TINY
 
-from flan_jax import models, network, partitioning
+from flan_jax import models, partitioning
 
-T5_TINY = network.TransformerConfig(
-    vocab_size=384,
-    emb_dim=128,
-    num_heads=4,
-    head_dim=32,
-    mlp_dim=512,
-    num_encoder_layers=2,
-    num_decoder_layers=2,
-)
-# PaLM-style: multi-query, parallel block, shared embedding, scanned layers.
-PALM_TINY = network.TransformerConfig(
+# PaLM-style: the LLaMA-style decoder with multi-query attention, a parallel block, a shared
+# embedding and scanned layers.
+PALM_TINY = dataclasses.replace(
+    LLAMA,
     vocab_size=384,
     emb_dim=64,
-    num_heads=4,
     num_kv_heads=1,
     head_dim=16,
     mlp_dim=128,
-    num_decoder_layers=2,
-    mlp_activations=("silu", "linear"),
-    position_embedding="rope",
-    scale_attention_logits=True,
+    rope_theta=1e4,
     parallel_block=True,
     logits_via_embedding=True,
     scan_layers=True,

@@ -14,12 +14,12 @@ with max_context_turns=1 the second context is "User: Time?\nAssistant:".
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from flan_jax.data.niv2 import resolve_path
+from flan_jax.data.sources import read_jsonl
 
 DEFAULT_MODEL_SPEAKERS = ("assistant", "system")
 Turn = tuple[str, str]  # (speaker, text)
@@ -58,15 +58,8 @@ def read_dialogs(path: str | pathlib.Path) -> Iterator[tuple[int, list[Turn]]]:
     path = resolve_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dialog file {str(path)!r} does not exist; check `args.paths`")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
-            yield lineno, _parse_turns(record, f"{path}:{lineno}")
+    for lineno, record in read_jsonl(path):
+        yield lineno, _parse_turns(record, f"{path}:{lineno}")
 
 
 def next_turn_examples(

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import importlib
 import json
 import os
 import pathlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import IO, Any
 
 DATA_DIR_ENV = "FLAN_JAX_DATA_DIR"
 SOURCE_TYPES = ("jsonl", "tsv", "csv", "tfds", "function")
@@ -148,7 +149,7 @@ def iter_examples(spec: SourceSpec, split: str) -> Iterator[Example]:
     """
     check_available(spec, split)
     if spec.type == "jsonl":
-        yield from _iter_jsonl(expand_path(spec.splits[split]))
+        yield from (ex for _, ex in read_jsonl(expand_path(spec.splits[split])))
     elif spec.type in ("tsv", "csv"):
         yield from _iter_delimited(spec, expand_path(spec.splits[split]))
     elif spec.type == "function":
@@ -161,18 +162,36 @@ def iter_examples(spec: SourceSpec, split: str) -> Iterator[Example]:
         yield from _iter_tfds(spec, split)
 
 
-def _iter_jsonl(path: pathlib.Path) -> Iterator[Example]:
-    with open(path, encoding="utf-8") as f:
+def read_jsonl(
+    path: str | os.PathLike, *, opener: Callable[[str], IO[str]] | None = None
+) -> Iterator[tuple[int, Example]]:
+    """Yields (1-based line number, object) of a JSON Lines file; blank lines are skipped.
+
+    `opener` opens `path` for reading text (default: `open` as UTF-8; `tf.io.gfile.GFile` for
+    gs:// paths). Example: a file with lines `{"a": 1}`, ``, `{"a": 2}` yields (1, {"a": 1}),
+    (3, {"a": 2}).
+
+    Raises:
+        ValueError: a line is not JSON, or not a JSON object; the message names file:line, the
+            JSON error and the start of the line.
+    """
+    opener = opener or functools.partial(open, encoding="utf-8")
+    with opener(str(path)) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 example = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON line ({e.msg})") from None
+                raise ValueError(
+                    f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno}): "
+                    f"{line.strip()[:80]!r}; write one JSON object a line"
+                ) from None
             if not isinstance(example, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {line.strip()!r}")
-            yield example
+                raise ValueError(
+                    f"{path}:{lineno}: expected a JSON object, got {line.strip()[:80]!r}"
+                )
+            yield lineno, example
 
 
 def _iter_delimited(spec: SourceSpec, path: pathlib.Path) -> Iterator[Example]:
