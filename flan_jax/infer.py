@@ -1,5 +1,5 @@
-"""`flan-jax infer`: predictions or scores for a task or a JSONL file of `{"inputs": ...}` lines,
-JSONL out.
+"""`flan-jax infer`: predictions or scores, JSONL out, for a task or a JSONL file of
+`{"inputs": ...}` lines.
 
 The batched core (scoring, rank classification, decoding, checkpoint restore) lives in
 flan_jax.inference; its names are re-exported here for existing callers.

@@ -168,8 +168,8 @@ def read_jsonl(
     """Yields (1-based line number, object) of a JSON Lines file; blank lines are skipped.
 
     `opener` opens `path` for reading text (default: `open` as UTF-8; `tf.io.gfile.GFile` for
-    gs:// paths). Example: a file with lines `{"a": 1}`, ``, `{"a": 2}` yields (1, {"a": 1}),
-    (3, {"a": 2}).
+    gs:// paths). Example: lines `{"a": 1}`, a blank line and `{"a": 2}` yield (1, {"a": 1})
+    then (3, {"a": 2}).
 
     Raises:
         ValueError: a line is not JSON, or not a JSON object; the message names file:line, the
