@@ -70,7 +70,7 @@ def parse_table(out: str) -> dict[str, list[str]]:
     lines = out.splitlines()
     header = lines[1].split()
     assert header[:4] == ["task", "examples", "rate", "share%"]
-    return {row.split()[0]: row.split()[1:] for row in lines[2:]}
+    return {row.split()[0]: row.split()[1:] for row in lines[2:] if not row.startswith("(")}
 
 
 def test_mixture_stats_rates_shares_and_truncation(capsys):
@@ -99,6 +99,7 @@ def test_mixture_stats_rates_shares_and_truncation(capsys):
         "tiny_topic_zs_noopt": 500,
         "tiny_topic_fs_noopt": 500,
     }
+    assert rows.pop("total")[1:3] == [f"{sum(rates.values()):.1f}", "100.00"]
     assert sorted(rows) == sorted(rates)
     total = sum(rates.values())
     for task, rate in rates.items():
@@ -117,6 +118,32 @@ def test_mixture_stats_rates_shares_and_truncation(capsys):
     mean_inputs, _, _, _, trunc_inputs, _ = rows["capitals_zs_noopt"][3:]
     assert float(mean_inputs) == pytest.approx(sum(lengths) / 12, abs=0.05)
     assert trunc_inputs == f"{100 * sum(n > 40 for n in lengths) / 12:.1f}"
+
+
+def test_mixture_stats_flan2021_without_the_data(capsys, monkeypatch, tmp_path):
+    """Rates and shares come from the recorded split sizes; token columns wait for the data."""
+    import tensorflow_datasets as tfds
+
+    from flan_jax import registry  # noqa: F401 (registers flan2021)
+    from flan_jax.data import tasks
+
+    monkeypatch.setattr(tfds.core.constants, "DATA_DIR", str(tmp_path))  # nothing prepared
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    code, out, _ = run(capsys, "mixture", "stats", "flan2021")
+    assert code == 0
+    rows = parse_table(out)
+    total = rows.pop("total")
+    assert len(rows) == 63 and out.rstrip().endswith("check those sizes.)")
+    want = {}
+    for variant in rows:
+        spec = tasks.get_task_spec(variant)
+        want[variant] = min(spec.num_examples["train"], 3000)
+        assert rows[variant][0] == str(spec.num_examples["train"])
+        assert rows[variant][3:] == ["-"] * 6  # no token lengths without examples
+    for variant, rate in want.items():
+        assert float(rows[variant][1]) == rate
+        assert rows[variant][2] == f"{100 * rate / sum(want.values()):.2f}"
+    assert total[1:3] == [f"{sum(want.values()):.1f}", "100.00"]
 
 
 def test_adding_a_task_walkthrough(capsys, monkeypatch):

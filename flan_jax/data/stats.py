@@ -1,4 +1,8 @@
-"""Mixture statistics: per task examples, rate, share, token lengths and truncation."""
+"""Mixture statistics: per task examples, rate, share, token lengths and truncation.
+
+Rates and shares need only the specs (recorded split sizes), so they print without the data;
+token lengths need examples and are left empty for tasks whose data is not present.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +12,26 @@ from collections.abc import Mapping
 import numpy as np
 import seqio
 
-from flan_jax.data import mixtures, tasks
+from flan_jax.data import mixtures, task_examples, tasks
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TaskStats:
-    """One row of `flan-jax mixture stats`; token counts include EOS."""
+    """One row of `flan-jax mixture stats`; token counts include EOS.
+
+    The token fields are None when the task's data is not present (or `sample` is 0).
+    """
 
     task: str
     examples: int
     rate: float
     share: float
-    mean_inputs: float
-    p95_inputs: float
-    mean_targets: float
-    p95_targets: float
-    truncated_inputs: float  # share of sampled examples longer than the feature length
-    truncated_targets: float
+    mean_inputs: float | None = None
+    p95_inputs: float | None = None
+    mean_targets: float | None = None
+    p95_targets: float | None = None
+    truncated_inputs: float | None = None  # share of sampled examples longer than the length
+    truncated_targets: float | None = None
 
 
 def token_lengths(
@@ -68,24 +75,34 @@ def mixture_stats(
     total = sum(rates.values())
     rows = []
     for task, rate in rates.items():
-        lengths = token_lengths(task, feature_lengths, split, sample)
         stats = {}
-        for key in ("inputs", "targets"):
-            values = lengths[key] if lengths[key].size else np.zeros([1], np.int64)
-            limit = feature_lengths.get(key)
-            stats[f"mean_{key}"] = float(values.mean())
-            stats[f"p95_{key}"] = float(np.percentile(values, 95))
-            stats[f"truncated_{key}"] = float((values > limit).mean()) if limit else 0.0
-        rows.append(
-            TaskStats(
-                task=task,
-                examples=_count(task),
-                rate=rate,
-                share=rate / total,
-                **stats,
+        if sample > 0 and _has_data(task, split):
+            stats = _token_stats(
+                token_lengths(task, feature_lengths, split, sample), feature_lengths
             )
+        rows.append(
+            TaskStats(task=task, examples=_count(task), rate=rate, share=rate / total, **stats)
         )
     return rows
+
+
+def _token_stats(lengths: dict[str, np.ndarray], feature_lengths: Mapping[str, int]) -> dict:
+    stats = {}
+    for key in ("inputs", "targets"):
+        values = lengths[key] if lengths[key].size else np.zeros([1], np.int64)
+        limit = feature_lengths.get(key)
+        stats[f"mean_{key}"] = float(values.mean())
+        stats[f"p95_{key}"] = float(np.percentile(values, 95))
+        stats[f"truncated_{key}"] = float((values > limit).mean()) if limit else 0.0
+    return stats
+
+
+def _has_data(task: str, split: str) -> bool:
+    try:
+        spec = tasks.get_task_spec(task)
+    except ValueError:  # a plain seqio task (e.g. a benchmark): its own source decides
+        return True
+    return task_examples.has_data(spec, split)
 
 
 def _count(task: str) -> int:
@@ -112,24 +129,42 @@ def format_table(rows: list[TaskStats]) -> str:
         "in_trunc%",
         "tgt_trunc%",
     ]
+
+    def num(value: float | None, fmt: str, scale: float = 1.0) -> str:
+        return "-" if value is None else format(scale * value, fmt)
+
     body = [
         [
             r.task,
             str(r.examples),
             f"{r.rate:.1f}",
             f"{100 * r.share:.2f}",
-            f"{r.mean_inputs:.1f}",
-            f"{r.p95_inputs:.0f}",
-            f"{r.mean_targets:.1f}",
-            f"{r.p95_targets:.0f}",
-            f"{100 * r.truncated_inputs:.1f}",
-            f"{100 * r.truncated_targets:.1f}",
+            num(r.mean_inputs, ".1f"),
+            num(r.p95_inputs, ".0f"),
+            num(r.mean_targets, ".1f"),
+            num(r.p95_targets, ".0f"),
+            num(r.truncated_inputs, ".1f", 100),
+            num(r.truncated_targets, ".1f", 100),
         ]
         for r in rows
     ]
+    if len(rows) > 1:
+        total_share = 100 * sum(r.share for r in rows)
+        total_rate = sum(r.rate for r in rows)
+        total_examples = sum(r.examples for r in rows)
+        body.append(
+            ["total", str(total_examples), f"{total_rate:.1f}", f"{total_share:.2f}"] + [""] * 6
+        )
     widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
         for row in [header] + body
     ]
+    missing = sum(r.mean_inputs is None for r in rows)
+    if missing:
+        lines.append(
+            f"({missing} of {len(rows)} tasks have no data here, so no token lengths ('-'); "
+            "rates use the sizes recorded in their specs. Prepare the data (`tfds build`, or "
+            "$FLAN_JAX_DATA_DIR) to fill them in and check those sizes.)"
+        )
     return "\n".join(lines)

@@ -104,6 +104,11 @@ def _prepared_size(spec: TaskSpec, split: str) -> int | None:
     return n if n >= 0 else int(dataset.reduce(0, lambda count, _: count + 1))
 
 
+def has_data(spec: TaskSpec, split: str) -> bool:
+    """Whether `split`'s data is present here (prepared TFDS data, files, or a function)."""
+    return split in spec.source.splits and _prepared_size(spec, split) is not None
+
+
 def check_recorded_sizes(spec: TaskSpec) -> dict[str, int]:
     """Checks the spec's recorded `num_examples` against the data where it is present.
 
