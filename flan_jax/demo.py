@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a.startswith("--gin_file") for a in argv):
         argv.insert(0, "--gin_file=experiments/flan_tiny_t5.gin")
-    gin_flags.parse(argv, "flan_jax.demo")
+    gin_flags.enable_compilation_cache(gin_flags.parse(argv, "flan_jax.demo"))
     gin_flags.write_config(gin.query_parameter("%MODEL_DIR"), gin.config_str())
     # `python -m` runs this file as __main__: use the module gin registered
     gin.get_configurable(importlib.import_module("flan_jax.demo").run_demo)()

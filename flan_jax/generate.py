@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import seqio
 
-from flan_jax import decoding, infer
+from flan_jax import decoding, gin_flags, infer
 from flan_jax.data import vocab as vocab_lib
 from flan_jax.decoding import DecodeConfig
 
@@ -199,6 +199,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_p", type=float, default=1.0, help="nucleus mass (1: all)")
     p.add_argument("--max_decode_len", type=int, default=64)
     p.add_argument("--num_beams", type=int, default=1, help=">1: beam search (not streamed)")
+    gin_flags.add_compilation_cache_flag(p)
     p.add_argument("--vocabulary", default=None, help="t5 | byte | F.model (default: the run's)")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -216,6 +217,7 @@ def read_prompts(prompts: Iterable[str], stdin: TextIO) -> Iterable[str]:
 def main(argv: list[str] | None = None) -> int:
     """`flan-jax generate --model_dir D [options] PROMPT... | -`; returns the exit code."""
     args = make_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    gin_flags.enable_compilation_cache(args)  # before anything compiles
     try:
         decode = decode_config(args)
         run = load_run_model(args.model_dir)

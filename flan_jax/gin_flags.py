@@ -46,12 +46,7 @@ def make_parser(prog: str) -> argparse.ArgumentParser:
         action="store_true",
         help="call jax.distributed.initialize() (auto-detects Cloud TPU)",
     )
-    p.add_argument(
-        "--compilation_cache_dir",
-        default=None,
-        help="JAX persistent compilation cache folder; 'none' disables it (default: "
-        f"${CACHE_ENV}, else $JAX_COMPILATION_CACHE_DIR, else {DEFAULT_CACHE_DIR})",
-    )
+    add_compilation_cache_flag(p)
     p.add_argument(
         "--heartbeat_timeout_seconds",
         type=int,
@@ -60,6 +55,16 @@ def make_parser(prog: str) -> argparse.ArgumentParser:
         "(JAX's default is 100 s)",
     )
     return p
+
+
+def add_compilation_cache_flag(p: argparse.ArgumentParser) -> None:
+    """`--compilation_cache_dir`, read by `enable_compilation_cache` (train, eval, infer, ...)."""
+    p.add_argument(
+        "--compilation_cache_dir",
+        default=None,
+        help="JAX persistent compilation cache folder; 'none' disables it (default: "
+        f"${CACHE_ENV}, else $JAX_COMPILATION_CACHE_DIR, else {DEFAULT_CACHE_DIR})",
+    )
 
 
 def split_gin_macros(argv: Sequence[str]) -> tuple[list[str], list[str]]:

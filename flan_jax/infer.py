@@ -234,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_file", default=None, help="JSONL out ('-': stdout)")
     ours, rest = parser.parse_known_args(argv)
     gin.clear_config()
-    gin_flags.initialize_distributed(gin_flags.parse(rest, "flan-jax infer"))
+    args = gin_flags.parse(rest, "flan-jax infer")
+    gin_flags.enable_compilation_cache(args)  # before anything compiles
+    gin_flags.initialize_distributed(args)
     overrides = {k: v for k, v in vars(ours).items() if v is not None}
     # `python -m` runs this file as __main__: use the module gin registered
     run = gin.get_configurable(importlib.import_module("flan_jax.infer").run_inference)

@@ -74,7 +74,8 @@ def _main(root, *extra):
         f"--gin_file={root / 'model.gin'}", "--gin_file=runs/infer.gin",
         f"--gin.CHECKPOINT_PATH='{root / 'run'}'", "--gin.MIXTURE_OR_TASK_MODULE=None",
         f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=8", "--gin.VOCABULARY='byte'",
-        "--gin.MAX_DECODE_LEN=6", f"--input_file={root / 'in.jsonl'}", *extra,
+        "--gin.MAX_DECODE_LEN=6", f"--input_file={root / 'in.jsonl'}",
+        "--compilation_cache_dir=none", *extra,  # leave this process's JAX config as it was
     ])  # fmt: skip
 
 
