@@ -44,40 +44,105 @@ def make_mesh(
     shape: Sequence[int] = (-1, 1, 1),
     axis_names: Sequence[str] = MESH_AXES,
     devices: Sequence[jax.Device] | None = None,
+    dcn_shape: Sequence[int] | None = None,
 ) -> Mesh:
     """Builds a mesh with Auto axis types (T5X-style automatic sharding).
 
+    One slice (or one GPU host, or CPU): `shape` is the whole mesh. On TPU the devices are
+    laid out by `jax.experimental.mesh_utils.create_device_mesh`, so mesh neighbours are
+    interconnect neighbours; elsewhere they keep `jax.devices()` order.
+
+    Several slices (multi-slice TPU) or hosts joined by the data-center network: `shape` is
+    the mesh *within* one slice and `dcn_shape` how many slices each axis spans, e.g. two
+    v5e-16 slices with data across slices: shape (1, 16, 1), dcn_shape (2, 1, 1) -> a
+    (2, 16, 1) mesh whose `data` axis crosses the DCN and whose `fsdp` axis stays inside a
+    slice. A slice is the devices sharing `slice_index` on TPU, elsewhere one host's devices.
+
     Args:
-      shape: sizes for (data, fsdp, model); one entry may be -1 to take the remaining devices.
+      shape: sizes for (data, fsdp, model) within a slice; one entry may be -1 to take the
+        remaining devices.
       axis_names: mesh axis names, default ('data', 'fsdp', 'model').
       devices: devices to use (default: all global devices).
+      dcn_shape: slices spanned by each axis (product = number of slices); None: one slice.
     """
-    devices = list(jax.devices() if devices is None else devices)
-    shape = list(shape)
-    if len(shape) != len(axis_names):
+    grid = device_grid(shape, axis_names, jax.devices() if devices is None else devices, dcn_shape)
+    return Mesh(grid, tuple(axis_names), axis_types=(jax.sharding.AxisType.Auto,) * grid.ndim)
+
+
+def device_grid(
+    shape: Sequence[int],
+    axis_names: Sequence[str],
+    devices: Sequence[jax.Device],
+    dcn_shape: Sequence[int] | None = None,
+) -> np.ndarray:
+    """The device array of `make_mesh` (same arguments), before it becomes a Mesh."""
+    devices = list(devices)
+    shape, dcn = list(shape), [1] * len(shape) if dcn_shape is None else list(dcn_shape)
+    if len(shape) != len(axis_names) or len(dcn) != len(axis_names):
         raise ValueError(
-            f"mesh shape {tuple(shape)} must have one size per axis {tuple(axis_names)}"
+            f"mesh shape {tuple(shape)} and dcn_shape {tuple(dcn)} must each have one size "
+            f"per axis {tuple(axis_names)}"
         )
+    if any(d < 1 for d in dcn):
+        raise ValueError(f"dcn_shape {tuple(dcn)}: sizes must be >= 1")
+    slices = _slices(devices) if dcn_shape is not None else [devices]
+    if len(slices) != int(np.prod(dcn)):
+        raise ValueError(
+            f"dcn_shape {tuple(dcn)} spans {int(np.prod(dcn))} slices but the devices form "
+            f"{len(slices)} (slice_index on TPU, else hosts); make the product of "
+            "dcn_shape equal the number of slices"
+        )
+    per_slice = len(devices) // len(slices)
+    if any(len(s) != per_slice for s in slices):
+        raise ValueError(f"slices have unequal device counts {[len(s) for s in slices]}")
+    shape = _resolve_shape(shape, axis_names, per_slice)
+    blocks = np.empty(len(slices), dtype=object)
+    for i, slice_devices in enumerate(slices):
+        blocks[i] = _slice_mesh(shape, slice_devices)
+    # [*dcn, *shape] -> interleave (dcn_0, shape_0, dcn_1, ...) -> each axis = dcn_i x shape_i,
+    # the slice index being the major (outer) part of the axis
+    grid = np.stack(list(blocks)).reshape(dcn + shape)
+    n = len(shape)
+    grid = grid.transpose([k for i in range(n) for k in (i, n + i)])
+    return grid.reshape([d * s for d, s in zip(dcn, shape)])
+
+
+def _resolve_shape(shape: list[int], axis_names: Sequence[str], num_devices: int) -> list[int]:
+    """Fills a -1 and checks the product against the device count."""
     if shape.count(-1) > 1:
         raise ValueError(f"mesh shape {tuple(shape)}: at most one axis may be -1")
     known = int(np.prod([s for s in shape if s != -1]))
     if -1 in shape:
-        if len(devices) % known:
+        if num_devices % known:
             raise ValueError(
-                f"mesh shape {tuple(shape)}: {len(devices)} devices are not divisible by the "
+                f"mesh shape {tuple(shape)}: {num_devices} devices are not divisible by the "
                 f"fixed axes' product {known}; change the mesh sizes"
             )
-        shape[shape.index(-1)] = len(devices) // known
-    if int(np.prod(shape)) != len(devices):
+        shape[shape.index(-1)] = num_devices // known
+    if int(np.prod(shape)) != num_devices:
         raise ValueError(
             f"mesh shape {dict(zip(axis_names, shape))} has {int(np.prod(shape))} devices but "
-            f"{len(devices)} are available; make the product equal the device count (or use -1)"
+            f"{num_devices} are available; make the product equal the device count (or use -1)"
         )
-    return Mesh(
-        np.asarray(devices).reshape(shape),
-        tuple(axis_names),
-        axis_types=(jax.sharding.AxisType.Auto,) * len(axis_names),
-    )
+    return shape
+
+
+def _slices(devices: Sequence[jax.Device]) -> list[list[jax.Device]]:
+    """Devices grouped by `slice_index` on TPU (multi-slice), else by host (`process_index`)."""
+    key = "slice_index" if devices[0].platform == "tpu" else "process_index"
+    groups: dict[int, list[jax.Device]] = {}
+    for d in devices:
+        groups.setdefault(getattr(d, key), []).append(d)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _slice_mesh(shape: Sequence[int], devices: Sequence[jax.Device]) -> np.ndarray:
+    """One slice's devices as an array of `shape` (topology-aware on TPU)."""
+    if devices[0].platform == "tpu":
+        from jax.experimental import mesh_utils  # noqa: PLC0415
+
+        return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    return np.asarray(devices, dtype=object).reshape(shape)
 
 
 def logical_to_mesh_spec(logical_axes: Sequence[str | None] | None, rules=LOGICAL_AXIS_RULES):

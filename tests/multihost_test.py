@@ -77,7 +77,11 @@ def _free_port() -> int:
 
 
 def launch(
-    model_dir: Path, num_processes: int, crash_process: int | None = None, attempt: int = 0
+    model_dir: Path,
+    num_processes: int,
+    crash_process: int | None = None,
+    attempt: int = 0,
+    extra: tuple[str, ...] = (),
 ) -> Job:
     """Starts the run's processes (2 devices each; a single process gets all 4); their
     output goes to <model_dir>.<attempt>.process_<i>.log."""
@@ -91,6 +95,7 @@ def launch(
             sys.executable, str(WORKER), f"--model_dir={model_dir}", f"--steps={STEPS}",
             f"--local_devices={4 // num_processes}", f"--num_processes={num_processes}",
             f"--process_id={i}", f"--port={port}",
+            *extra,
         ]  # fmt: skip
         if i == crash_process:
             cmd.append(f"--crash_at_step={CRASH_AT}")
@@ -175,6 +180,23 @@ def test_two_processes_train_like_one(runs: Path) -> None:
         restore(multi, mesh)["params"], restore(single, mesh)["params"], rtol=1e-5, atol=1e-6
     )
     assert restore(multi, mesh)["step"] == STEPS
+
+
+def test_data_axis_across_processes_trains_like_one(runs: Path) -> None:
+    """A multi-slice layout (make_mesh's dcn_shape, a process standing in for a slice): data
+    across the two processes, model within each; same losses and parameters as one process."""
+    model_dir = runs / "dcn"
+    job = launch(model_dir, 2, extra=("--mesh=1,1,2", "--dcn_mesh=2,1,1"))
+    assert job.wait() == [0, 0], job.output()  # the worker checks the device layout
+    ref = losses(runs / "single")
+    np.testing.assert_allclose([losses(model_dir)[s] for s in ref], list(ref.values()), rtol=1e-5)
+    mesh = partitioning.make_mesh((1, 8, 1))
+    assert_trees(
+        restore(model_dir, mesh)["params"],
+        restore(runs / "single", mesh)["params"],
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_each_process_reads_its_own_share(runs: Path) -> None:

@@ -31,6 +31,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--process_id", type=int, default=0)
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--mesh", default="1,2,2", help="data,fsdp,model sizes")
+    p.add_argument(
+        "--dcn_mesh", default=None, help="processes spanned per axis (make_mesh's dcn_shape)"
+    )
     p.add_argument("--batch_size", type=int, default=8, help="global batch")
     p.add_argument("--checkpoint_period", type=int, default=3)
     p.add_argument(
@@ -171,6 +174,20 @@ def crash_at(step: int, model_dir: str, checkpoint_period: int) -> None:
     input_pipeline.make_global_batch = make_global_batch
 
 
+def make_mesh(args: argparse.Namespace):
+    """The run's mesh; with --dcn_mesh, checks each process's devices form one block."""
+    shape = tuple(int(s) for s in args.mesh.split(","))
+    if args.dcn_mesh is None:
+        return partitioning.make_mesh(shape)
+    dcn = tuple(int(s) for s in args.dcn_mesh.split(","))
+    mesh = partitioning.make_mesh(shape, dcn_shape=dcn)
+    owners = np.vectorize(lambda d: d.process_index)(mesh.devices)
+    index = np.indices(owners.shape)  # the process is the outer part of each spanned axis
+    expected = np.ravel_multi_index(tuple(index[a] // shape[a] for a in range(len(dcn))), dcn)
+    assert (owners == expected).all(), owners
+    return mesh
+
+
 def main(args: argparse.Namespace) -> int:
     if args.num_processes > 1:
         jax.distributed.initialize(
@@ -188,7 +205,7 @@ def main(args: argparse.Namespace) -> int:
     train.train(
         model=model,
         data=data,
-        mesh=partitioning.make_mesh(tuple(int(s) for s in args.mesh.split(","))),
+        mesh=make_mesh(args),
         optimizer_config=optimizer.OptimizerConfig(learning_rate=1e-2),
         checkpoint=checkpoints.CheckpointConfig(period=args.checkpoint_period, keep=None),
         run=train.RunConfig(

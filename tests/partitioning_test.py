@@ -149,6 +149,47 @@ def test_make_mesh_rejects_wrong_device_count():
     assert dict(partitioning.make_mesh((-1, 2, 1)).shape) == {"data": 4, "fsdp": 2, "model": 1}
 
 
+def test_make_mesh_one_slice_keeps_device_order():
+    mesh = partitioning.make_mesh((2, 4, 1))
+    assert (mesh.devices == np.asarray(jax.devices(), dtype=object).reshape(2, 4, 1)).all()
+
+
+class FakeDevice:  # a CPU/GPU host's device: hosts are the slices
+    def __init__(self, id, process_index):
+        self.id, self.process_index, self.platform = id, process_index, "cpu"
+
+    def __repr__(self):
+        return f"d{self.id}"
+
+
+def test_device_grid_puts_each_slice_in_its_own_block():
+    # 4 hosts of 4 devices, listed interleaved to show the grouping comes from process_index
+    devices = [FakeDevice(i, i % 4) for i in range(16)]
+    grid = partitioning.device_grid((1, 2, 2), partitioning.MESH_AXES, devices, (2, 1, 2))
+    assert grid.shape == (2, 2, 4)
+    slices = np.vectorize(lambda d: d.process_index)(grid)
+    # data spans slices {0,1} | {2,3} (outer); model spans slice pairs, each within 2 columns
+    assert slices.tolist() == [
+        [[0, 0, 1, 1], [0, 0, 1, 1]],
+        [[2, 2, 3, 3], [2, 2, 3, 3]],
+    ]
+    # within a slice, its devices in their listed order: slice 1 = d1, d5, d9, d13
+    assert grid[0, :, 2:].ravel().tolist() == [devices[i] for i in (1, 5, 9, 13)]
+
+
+def test_make_mesh_dcn_errors_name_the_numbers():
+    with pytest.raises(
+        ValueError, match=r"dcn_shape \(2, 1, 1\) spans 2 slices but the devices form 1"
+    ):
+        partitioning.make_mesh((1, 4, 1), dcn_shape=(2, 1, 1))  # one process: one slice
+    devices = [FakeDevice(i, i // 4) for i in range(8)]
+    with pytest.raises(ValueError, match="has 8 devices but 4 are available"):
+        partitioning.device_grid((2, 4, 1), partitioning.MESH_AXES, devices, (2, 1, 1))
+    assert partitioning.device_grid(
+        (-1, 2, 1), partitioning.MESH_AXES, devices, (2, 1, 1)
+    ).shape == (4, 2, 1)
+
+
 def run_steps(mesh, num_steps=3, num_microbatches=1, dropout_rate=0.0):
     """Initialises on `mesh` and runs `num_steps` steps; returns (losses, params as numpy)."""
     model = ToyModel(dropout_rate=dropout_rate)
