@@ -220,6 +220,14 @@ def run_demo(
         checkpoint=checkpoint,
         run=run,
     )
+    step = int(jax.device_get(state["step"]))
+    if step < run.train_steps:  # stopped early (SIGTERM): checkpoint saved, no table for it
+        print(
+            f"demo: stopped at step {step} of {run.train_steps} (checkpoint saved in "
+            f"{run.model_dir}); run the demo again to resume and evaluate",
+            flush=True,
+        )
+        return []
     with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
         after = _evaluate(model, state["params"], names, data, mesh, demo, "after tuning")
     if jax.process_index() == 0:

@@ -14,8 +14,29 @@ import jax
 
 import gin
 from flan_jax import specs
+from gin import config as gin_config
+from gin import resource_reader
 
 CACHE_ENV = "FLAN_JAX_COMPILATION_CACHE"
+
+
+def _system_path_file_exists(path: str) -> bool:
+    """gin's check for `package/file.gin` on sys.path, minus its crash on a plain folder.
+
+    A folder named like a gin directory in the working directory (e.g. `runs/`, where the
+    demo writes its MODEL_DIR) imports as a namespace package with no file, and gin's own
+    check raises TypeError on it before the search paths are tried.
+    """
+    try:
+        return resource_reader.system_path_file_exists(path)
+    except TypeError:
+        return False
+
+
+gin_config._FILE_READERS[:] = [
+    (reader, _system_path_file_exists if reader is resource_reader.system_path_reader else check)
+    for reader, check in gin_config._FILE_READERS
+]
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "flan_jax", "jax")
 _REQUIRED = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*%gin\.REQUIRED\s*(#.*)?$", re.M)
 

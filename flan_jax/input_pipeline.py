@@ -123,8 +123,9 @@ def get_train_dataset(config: DataConfig, converter: seqio.FeatureConverter) -> 
         seed=config.seed,
         verbose=False,
     )
-    # Task maps may call tf.numpy_function (stateless few-shot pruning); tf.data refuses to
-    # checkpoint an iterator over them unless told their (absent) state may be ignored.
+    # flan_jax's own task maps are pure TF ops, so their iterators checkpoint exactly. A
+    # user's task may call tf.numpy_function / py_function, whose Python state tf.data cannot
+    # save: it would refuse to checkpoint the iterator, so such ops are taken as stateless.
     options = tf.data.Options()
     options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
     ds = ds.with_options(options)

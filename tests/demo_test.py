@@ -1,9 +1,25 @@
-"""The demo's table: which variant each task is evaluated with, chance levels, group means."""
+"""The demo's table (which variant each task is evaluated with, chance levels, group means)
+and its two gin files."""
+
+import pathlib
 
 import pytest
 
+import gin
 from flan_jax import demo, registry
 from flan_jax.evaluate import TaskResult
+
+GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
+DEMO_MACROS = (
+    "HELD_OUT_CLUSTER",
+    "MODEL_DIR",
+    "MIXTURE_OR_TASK_NAME",
+    "TASK_FEATURE_LENGTHS",
+    "TRAIN_STEPS",
+    "BATCH_SIZE",
+    "LEARNING_RATE",
+    "CHECKPOINT_PERIOD",
+)
 
 
 def _ranked(n_options: list[int], hits: int) -> TaskResult:
@@ -60,3 +76,21 @@ def test_task_rows_chance_levels_and_group_means():
         "task", "cluster", "eval", "n", "before", "after", "chance"
     ]  # fmt: skip
     assert "37.5" in text and "-- held-in" in text
+
+
+def _demo_macros(gin_file: str) -> dict:
+    gin.clear_config()
+    gin.add_config_file_search_path(str(GIN_DIR))
+    gin.parse_config_files_and_bindings([str(GIN_DIR / gin_file)], [], finalize_config=False)
+    try:
+        return {name: gin.query_parameter(f"%{name}") for name in DEMO_MACROS}
+    finally:
+        gin.clear_config()
+
+
+def test_demo_gins_hold_out_their_cluster_and_share_every_setting_but_the_model():
+    t5, decoder = (_demo_macros(f"experiments/flan_tiny_{m}.gin") for m in ("t5", "decoder"))
+    for macros in (t5, decoder):
+        assert macros["MIXTURE_OR_TASK_NAME"] == f"flan_tiny_minus_{macros['HELD_OUT_CLUSTER']}"
+        assert macros["TRAIN_STEPS"] % macros["CHECKPOINT_PERIOD"] == 0  # a final checkpoint
+    assert {**t5, "MODEL_DIR": None} == {**decoder, "MODEL_DIR": None}

@@ -73,3 +73,15 @@ def test_t5x_style_macro_flags_and_search_path(tmp_path, monkeypatch):
     assert args.gin_file == [MODEL_GIN, "runs/finetune.gin"]
     assert gin.query_parameter("%BATCH_SIZE") == 16
     assert gin.query_parameter("%TASK_FEATURE_LENGTHS") == {"inputs": 32, "targets": 8}
+
+
+def test_include_works_beside_a_runs_folder(tmp_path, monkeypatch):
+    """`make demo` writes runs/flan_tiny_t5 in the working directory; a second run must still
+    find `include 'runs/finetune.gin'` in the shipped gin dir (gin's sys.path reader used to
+    crash on the folder, which imports as a namespace package)."""
+    (tmp_path / "runs" / "flan_tiny_t5").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))  # as `python -m` puts the working directory
+    args = gin_flags.parse(["--gin_file=experiments/flan_tiny_t5.gin"], "flan_jax.demo")
+    assert args.gin_file == ["experiments/flan_tiny_t5.gin"]
+    assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "flan_tiny_minus_nli"
