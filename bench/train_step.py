@@ -25,7 +25,10 @@ import gin
 from bench import common
 from flan_jax import optimizer, partitioning, specs, train, train_state
 
-CONFIGS = ("t5_1_1/tiny", "decoder_only/tiny", "t5_1_1/small", "decoder_only/small")
+CONFIGS = (
+    "t5_1_1/tiny", "decoder_only/tiny", "t5_1_1/small", "decoder_only/small",
+    "t5_1_1/base", "decoder_only/base",
+)  # fmt: skip
 # (label, gin bindings of network.TransformerConfig)
 VARIANTS = (
     ("scan", ("scan_layers = True",)),
