@@ -99,7 +99,7 @@ def test_mixture_stats_rates_shares_and_truncation(capsys):
         "tiny_topic_zs_noopt": 500,
         "tiny_topic_fs_noopt": 500,
     }
-    assert rows.pop("total")[1:3] == [f"{sum(rates.values()):.1f}", "100.00"]
+    assert rows.pop("total") == [f"{sum(rates.values()):.1f}", "100.00"]
     assert sorted(rows) == sorted(rates)
     total = sum(rates.values())
     for task, rate in rates.items():
@@ -143,7 +143,7 @@ def test_mixture_stats_flan2021_without_the_data(capsys, monkeypatch, tmp_path):
     for variant, rate in want.items():
         assert float(rows[variant][1]) == rate
         assert rows[variant][2] == f"{100 * rate / sum(want.values()):.2f}"
-    assert total[1:3] == [f"{sum(want.values()):.1f}", "100.00"]
+    assert total == [f"{sum(want.values()):.1f}", "100.00"]
 
 
 def test_adding_a_task_walkthrough(capsys, monkeypatch):

@@ -13,6 +13,7 @@ import random
 import pytest
 import seqio
 import tensorflow_datasets as tfds
+from conftest import needs_data
 
 from flan_jax.data import collection, formats, sources, tasks
 from flan_jax.metrics import postprocessors, scores
@@ -223,6 +224,7 @@ def test_every_format_and_template_renders_on_mock_data(mocked, path: pathlib.Pa
             assert len(tasks.get_examples(spec, split)) == NUM_MOCK
 
 
+@needs_data  # the T5 SentencePiece model
 @pytest.mark.parametrize("name", ["anli_r1", "squad_v1", "wmt16_translate_de_en", "record"])
 def test_seqio_tokenized_dataset(mocked, name):
     """One task per shape through seqio itself: tokenized with the T5 vocabulary, EOS added."""

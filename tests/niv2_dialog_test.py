@@ -8,6 +8,7 @@ import json
 import pytest
 import seqio
 import tensorflow_datasets as tfds
+from conftest import needs_data
 
 from flan_jax.data import dialog, formats, niv2, tasks
 from flan_jax.specs import spec_dir
@@ -196,6 +197,7 @@ def test_specs_render_and_match_recorded_sizes(path):
     assert first.inputs.endswith(":") and first.targets and "{" not in first.inputs
 
 
+@needs_data  # the T5 SentencePiece model
 def test_niv2_spec_through_seqio():
     tasks.register_task_spec(spec_dir("tasks") / "niv2" / "niv2_task001_example_pos2.yaml")
     ds = seqio.get_mixture_or_task("niv2_task001_example_pos2_zs_noopt").get_dataset(

@@ -98,6 +98,12 @@ def _token_stats(lengths: dict[str, np.ndarray], feature_lengths: Mapping[str, i
 
 
 def _has_data(task: str, split: str) -> bool:
+    """Whether the task's examples and its vocabulary (to count tokens) are present."""
+    vocabulary = seqio.get_mixture_or_task(task).output_features["inputs"].vocabulary
+    try:
+        vocabulary.encode("a")  # loads the model
+    except FileNotFoundError:  # e.g. the SentencePiece model without $FLAN_JAX_DATA_DIR
+        return False
     try:
         spec = tasks.get_task_spec(task)
     except ValueError:  # a plain seqio task (e.g. a benchmark): its own source decides
@@ -113,6 +119,11 @@ def _count(task: str) -> int:
         return seqio.get_mixture_or_task(task).num_input_examples("train") or 0
     tasks.check_recorded_sizes(spec)
     return tasks.count_examples(spec, "train")
+
+
+def _rate(rate: float) -> str:
+    """Example-count rates with one decimal; sub-mixture weights (< 10) with 4 digits."""
+    return f"{rate:.1f}" if rate >= 10 else f"{rate:.4g}"
 
 
 def format_table(rows: list[TaskStats]) -> str:
@@ -137,7 +148,7 @@ def format_table(rows: list[TaskStats]) -> str:
         [
             r.task,
             str(r.examples),
-            f"{r.rate:.1f}",
+            _rate(r.rate),
             f"{100 * r.share:.2f}",
             num(r.mean_inputs, ".1f"),
             num(r.p95_inputs, ".0f"),
@@ -151,10 +162,8 @@ def format_table(rows: list[TaskStats]) -> str:
     if len(rows) > 1:
         total_share = 100 * sum(r.share for r in rows)
         total_rate = sum(r.rate for r in rows)
-        total_examples = sum(r.examples for r in rows)
-        body.append(
-            ["total", str(total_examples), f"{total_rate:.1f}", f"{total_share:.2f}"] + [""] * 6
-        )
+        # no examples total: a dataset appears once per format variant
+        body.append(["total", "", _rate(total_rate), f"{total_share:.2f}"] + [""] * 6)
     widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
@@ -163,8 +172,8 @@ def format_table(rows: list[TaskStats]) -> str:
     missing = sum(r.mean_inputs is None for r in rows)
     if missing:
         lines.append(
-            f"({missing} of {len(rows)} tasks have no data here, so no token lengths ('-'); "
-            "rates use the sizes recorded in their specs. Prepare the data (`tfds build`, or "
-            "$FLAN_JAX_DATA_DIR) to fill them in and check those sizes.)"
+            f"({missing} of {len(rows)} tasks have no data or vocabulary here, so no token "
+            "lengths ('-'); rates use the sizes recorded in their specs. Prepare the data "
+            "(`tfds build`, or $FLAN_JAX_DATA_DIR) to fill them in and check those sizes.)"
         )
     return "\n".join(lines)
