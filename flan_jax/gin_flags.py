@@ -204,11 +204,12 @@ def initialize_distributed(args: argparse.Namespace) -> None:
 
 
 def write_config(model_dir: str, text: str) -> None:
-    """MODEL_DIR/config.gin (process 0)."""
+    """MODEL_DIR/config.gin (process 0), written atomically (never a truncated file)."""
     if jax.process_index() != 0:
         return
-    import tensorflow as tf
+    from etils import epath
 
-    tf.io.gfile.makedirs(model_dir)
-    with tf.io.gfile.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
-        f.write(text)
+    from flan_jax import checkpoint_files
+
+    epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
+    checkpoint_files.atomic_write(os.path.join(model_dir, "config.gin"), text.encode())

@@ -5,6 +5,7 @@ Only process 0 writes; every other process's logger is a no-op.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -37,6 +38,45 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+class _LineAppender:
+    """Appends whole lines: one write per line (O_APPEND), cut back if the disk is full.
+
+    A reader never sees half a record. gs:// paths go through tf.io.gfile.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fd, self._gfile = None, None
+        if "://" in path:
+            self._gfile = tf.io.gfile.GFile(path, "a")
+        else:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, line: str) -> None:
+        data = line.encode()
+        if self._gfile is not None:
+            self._gfile.write(line)
+            self._gfile.flush()
+            return
+        size = os.fstat(self._fd).st_size
+        try:
+            if os.write(self._fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
+        except OSError as e:
+            os.ftruncate(self._fd, size)  # no partial line left behind
+            from flan_jax import checkpoint_files
+
+            checkpoint_files.raise_if_storage_error(e, self.path, len(data))
+            raise
+
+    def close(self) -> None:
+        if self._gfile is not None:
+            self._gfile.close()
+        elif self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class MetricsLogger:
     """Writes train and eval metrics; process 0 only.
 
@@ -58,12 +98,11 @@ class MetricsLogger:
         self._writer = None
         if self.enabled:
             tf.io.gfile.makedirs(model_dir)
-            self._jsonl = tf.io.gfile.GFile(os.path.join(model_dir, "metrics.jsonl"), "a")
+            self._jsonl = _LineAppender(os.path.join(model_dir, "metrics.jsonl"))
             self._writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
 
     def _write(self, record: Mapping[str, float | int | str], prefix: str) -> None:
-        self._jsonl.write(json.dumps(record, sort_keys=True) + "\n")
-        self._jsonl.flush()
+        self._jsonl.append(json.dumps(record, sort_keys=True) + "\n")
         with self._writer.as_default():
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("step", "time") and math.isfinite(v):

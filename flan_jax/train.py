@@ -16,7 +16,15 @@ import tensorflow as tf
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from flan_jax import checkpoints, input_pipeline, metrics_log, optimizer, partitioning, train_state
+from flan_jax import (
+    checkpoints,
+    input_pipeline,
+    metrics_log,
+    optimizer,
+    partitioning,
+    run_lock,
+    train_state,
+)
 from flan_jax.checkpoints import CheckpointConfig
 from flan_jax.input_pipeline import DataConfig
 from flan_jax.optimizer import OptimizerConfig
@@ -60,12 +68,24 @@ class RunConfig:
 class PreemptionWatcher:
     """SIGTERM sets a flag; the loop checkpoints and exits at the next step boundary.
 
+    `main` installs it on its first line, so a SIGTERM during start-up (imports, data,
+    compilation, restore) is not lost: the loop exits before its first step.
     Multi-host: JAX's preemption sync point makes every host stop at the same step.
     """
+
+    active: PreemptionWatcher | None = None
 
     def __init__(self):
         self.requested = False
         self._previous = signal.signal(signal.SIGTERM, self._handle)
+        PreemptionWatcher.active = self
+
+    @classmethod
+    def install(cls) -> tuple[PreemptionWatcher, bool]:
+        """The installed watcher (installing one if none): (watcher, whether it is new)."""
+        if cls.active is not None:
+            return cls.active, False
+        return cls(), True
 
     def _handle(self, signum, frame):
         self.requested = True
@@ -83,6 +103,8 @@ class PreemptionWatcher:
 
     def close(self) -> None:
         signal.signal(signal.SIGTERM, self._previous)
+        if PreemptionWatcher.active is self:
+            PreemptionWatcher.active = None
 
 
 class MetricsWindow:
@@ -120,11 +142,14 @@ class MetricsWindow:
 
 
 def _restore_or_init(model, tx, ckpt, shapes, abstract, shardings, run: RunConfig, data_iter, log):
-    """Latest checkpoint (state + data iterator), else INITIAL_CHECKPOINT_PATH or fresh params."""
-    latest = ckpt.latest_step()
-    if latest is not None:
-        log.info(f"restoring checkpoint step {latest} from {ckpt.directory}")
-        return ckpt.restore(latest, abstract, data_iter), latest
+    """Newest verified checkpoint (state + data position), else INITIAL_CHECKPOINT_PATH or init.
+
+    Unfinished or damaged checkpoints are skipped with one line each (walk-back).
+    """
+    restored = ckpt.restore_latest(abstract, data_iter, log=log.info)
+    if restored is not None:
+        log.info(f"restoring checkpoint step {restored[1]} from {ckpt.directory}")
+        return restored
     if run.initial_checkpoint_path:
         log.info(f"initialising params from {run.initial_checkpoint_path}")
         params = checkpoints.load_initial_params(run.initial_checkpoint_path, abstract["params"])
@@ -252,6 +277,19 @@ def train(
         report = memory_report(compiled)
         print(format_memory_report(report, mesh), flush=True)
         return report
+    with run_lock.held(run.model_dir):  # one trainer per MODEL_DIR (a no-op under main)
+        return _train(
+            model, data, mesh, converter, (tx, schedule), step_config, checkpoint, run, shapes
+        )
+
+
+def _train(model, data, mesh, converter, optim, step_config, checkpoint, run, shapes):
+    """`train` after its checks, under the MODEL_DIR lock."""
+    (tx, schedule), rules = optim, partitioning.LOGICAL_AXIS_RULES
+    watcher = PreemptionWatcher.active
+    if watcher is not None and watcher.requested and jax.process_count() == 1:
+        print("SIGTERM before training started; nothing to save", flush=True)
+        return None
     dataset = input_pipeline.get_train_dataset(data, converter)
     batches = input_pipeline.TrainIterator(dataset, mesh, data.batch_size)
     ckpt = checkpoints.Checkpointer(run.model_dir, checkpoint)
@@ -277,7 +315,7 @@ def train(
             flops_per_device_step=metrics_log.step_flops(compiled),
         )
         state, step = _restore_or_init(
-            model, tx, ckpt, shapes, abstract, shardings, run, batches.tf_iterator, log
+            model, tx, ckpt, shapes, abstract, shardings, run, batches, log
         )
         loop = _Loop(
             compiled=compiled,
@@ -328,12 +366,16 @@ class _Loop:
 
     def run_from(self, state, step: int):
         """Steps from `step` to TRAIN_STEPS; checkpoints, evals and logs on their periods."""
-        run, watcher = self.run, PreemptionWatcher()
-        window, last_ckpt = MetricsWindow(), self.ckpt.latest_step()
+        run, (watcher, own_watcher) = self.run, PreemptionWatcher.install()
+        window = MetricsWindow()
         fingerprints = _FingerprintLog(run) if run.record_batch_fingerprints else None
         t0 = time.perf_counter()
         try:
+            if watcher.should_stop(step):
+                self.log.info(f"SIGTERM before training started (step {step}); nothing to save")
+                return state
             while step < run.train_steps:
+                self.ckpt.poll()  # a failed background save stops the run here
                 batch, local = next(self.batches)
                 if fingerprints:
                     fingerprints.write(step + 1, local)
@@ -345,20 +387,20 @@ class _Loop:
                 evaluate = bool(run.eval_period) and (step % run.eval_period == 0 or last)
                 log = step % run.log_period == 0 or last or stop
                 if save or evaluate or log:
-                    window.drain(last_ckpt)  # a NaN stops here, before any checkpoint of it
+                    window.drain(self.ckpt.last_good)  # a NaN loss stops here, unsaved
                 if log and window.num_steps:
                     self._log(step, window, time.perf_counter() - t0)
                     t0 = time.perf_counter()
-                if save:
-                    self.ckpt.save(step, state, self.batches.tf_iterator)
-                    last_ckpt = step
+                if save:  # raises if the state is not finite: no checkpoint of it
+                    self.ckpt.save(step, state, self.batches)
                 if evaluate:
                     self.log.log_eval(step, self.evaluate(state["params"]))
                 if stop:
                     self.log.info(f"SIGTERM: saved checkpoint at step {step}; exiting")
                     break
         finally:
-            watcher.close()
+            if own_watcher:
+                watcher.close()
         return state
 
 
@@ -379,6 +421,16 @@ class _FingerprintLog:
 
 def main(argv: list[str] | None = None) -> int:
     """`flan-jax train --gin_file=runs/finetune.gin --gin.MODEL_DIR=...`; returns the exit code."""
+    # `python -m` runs this file as __main__: use the module the loop (and gin) use
+    module = importlib.import_module("flan_jax.train")
+    watcher, _ = module.PreemptionWatcher.install()  # first: a SIGTERM from here on is handled
+    try:
+        return _main(module, argv)
+    finally:
+        watcher.close()
+
+
+def _main(module, argv: list[str] | None) -> int:
     import sys
 
     import gin
@@ -396,17 +448,23 @@ def main(argv: list[str] | None = None) -> int:
     gin_flags.enable_compilation_cache(args)  # before anything compiles
     gin_flags.initialize_distributed(args)
     model_dir = gin.query_parameter("%MODEL_DIR")
-    gin_flags.write_config(model_dir, gin.config_str())
     try:
-        # `python -m` runs this file as __main__: use the module gin registered
-        gin.get_configurable(importlib.import_module("flan_jax.train").train)(
-            precompile=args.precompile
-        )
-    except FloatingPointError as e:
+        with run_lock.held(model_dir):  # before config.gin: a refused trainer writes nothing
+            gin_flags.write_config(model_dir, gin.config_str())
+            try:
+                gin.get_configurable(module.train)(precompile=args.precompile)
+            except OSError:
+                raise  # disk full or read-only: the config cannot be written either
+            except BaseException:
+                gin_flags.write_config(model_dir, gin.operative_config_str())
+                raise
+            gin_flags.write_config(model_dir, gin.operative_config_str())
+    except (run_lock.LockHeldError, checkpoints.CheckpointError) as e:
+        print(f"flan-jax train: {e}", file=sys.stderr)
+        return 2
+    except (FloatingPointError, checkpoints.StorageError) as e:
         print(f"flan-jax train: {e}", file=sys.stderr)
         return 1
-    finally:
-        gin_flags.write_config(model_dir, gin.operative_config_str())
     return 0
 
 
