@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from flan_jax import checkpoint_files as files
-from flan_jax.checkpoint_files import StorageError, fault_point
+from flan_jax.checkpoint_files import StorageError
 
 PyTree = Any
 __all__ = ["CheckpointConfig", "CheckpointError", "Checkpointer", "StorageError"]
@@ -139,9 +139,9 @@ class Checkpointer:
         if jax.process_index() == 0 and files.step_dir(self.model_dir, step).exists():
             files.remove_step(self.model_dir, step)  # left by an unfinished save of this step
             self.manager.reload()
-        fault_point("data_state", step)
+        files.fault_point("data_state", step)
         kind = self._write_data_state(step, data_iterator)
-        fault_point("train_state", step)
+        files.fault_point("train_state", step)
         try:
             self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
         except Exception as e:
@@ -185,21 +185,21 @@ class Checkpointer:
 
     def _finalize(self, step: int, kind: str | None, nbytes: int) -> None:
         """Waits for orbax's commit, then (process 0) writes the manifest and prunes."""
-        fault_point("orbax_writing", step)
+        files.fault_point("orbax_writing", step)
         try:
             self.manager.wait_until_finished()
             self.manager.check_for_errors()
         except Exception as e:
             files.raise_if_storage_error(e, self.directory, nbytes)
             raise
-        fault_point("orbax_committed", step)
+        files.fault_point("orbax_committed", step)
         if jax.process_index() != 0:
             return
         files.write_manifest(self.model_dir, step, jax.process_count(), kind)
-        fault_point("manifest_written", step)
+        files.fault_point("manifest_written", step)
         files.apply_retention(self.model_dir, step, self.config.keep)
         self.manager.reload()  # orbax caches the step list
-        fault_point("pruned", step)
+        files.fault_point("pruned", step)
 
     def poll(self) -> None:
         """Raises the error of a background save, if one failed (call once per step)."""

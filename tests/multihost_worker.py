@@ -156,8 +156,11 @@ def crash_at(step: int, model_dir: str, checkpoint_period: int) -> None:
     once the last checkpoint before it is committed (async saves finish in the background)."""
     original = input_pipeline.make_global_batch
     fetched = 0
-    committed = os.path.join(
-        model_dir, "checkpoints", str((step - 1) // checkpoint_period * checkpoint_period)
+    committed = os.path.join(  # a step is complete once its manifest is written (last)
+        model_dir,
+        "checkpoints",
+        str((step - 1) // checkpoint_period * checkpoint_period),
+        "manifest.json",
     )
 
     def make_global_batch(local, mesh, global_batch_size):
@@ -165,7 +168,7 @@ def crash_at(step: int, model_dir: str, checkpoint_period: int) -> None:
         fetched += 1
         if fetched == step:
             deadline = time.monotonic() + 120
-            while not os.path.isdir(committed) and time.monotonic() < deadline:
+            while not os.path.exists(committed) and time.monotonic() < deadline:
                 time.sleep(0.1)
             print(f"process {jax.process_index()}: crashing at step {step}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)

@@ -87,6 +87,8 @@ def run_trainer(
         "train_test.register_test_task(); "
         "import os; n = os.environ.get('FLAN_JAX_TEST_NAN_AT_STEP'); "
         "n and train_test.install_nan_injection(int(n)); "
+        "k = os.environ.get('FLAN_JAX_TEST_KILL_AT'); "
+        "k and __import__('faults_worker').install_kill(k); "
         "from flan_jax import train; sys.exit(train.main(sys.argv[1:]))"
     )
     argv = [
@@ -170,7 +172,9 @@ def test_exact_resume_after_sigkill(tmp_path_factory, tmp_path):
     ckpt_dir = os.path.join(d, "checkpoints")
     for line in proc.stdout:  # kill as soon as a checkpoint is finalized on disk
         lines.append(line)
-        if os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir)):
+        if os.path.isdir(ckpt_dir) and any(  # a complete step: its manifest is written last
+            os.path.exists(os.path.join(ckpt_dir, n, "manifest.json")) for n in os.listdir(ckpt_dir)
+        ):
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=60)
