@@ -34,6 +34,10 @@ def fault_point(phase: str, step: int) -> None:
 class StorageError(OSError):
     """A checkpoint or log file cannot be written (disk full, read-only, no permission)."""
 
+    def __init__(self, message: str, code: int):
+        super().__init__(message)  # one argument: str() is the message alone
+        self.errno = code
+
 
 def is_local(path: str | os.PathLike) -> bool:
     return "://" not in os.fspath(path)
@@ -49,9 +53,9 @@ def storage_error(exc: BaseException, path, nbytes: int | None) -> StorageError 
             reason = os.strerror(code) if code in _STORAGE_ERRNOS else _first_word_match(text)
             need = "" if nbytes is None else f"; {nbytes} bytes ({nbytes / 2**20:.1f} MiB) needed"
             return StorageError(
-                code or errno.EIO,
                 f"cannot write {path}: {reason}{need}. Free space, or point MODEL_DIR at a "
                 "writable disk, and restart (it resumes from the last complete checkpoint)",
+                code or errno.EIO,
             )
         seen = seen.__cause__ or seen.__context__
     return None
