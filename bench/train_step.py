@@ -8,7 +8,8 @@ column, compile time cold and from the persistent compilation cache, and peak me
 device (XLA memory_analysis: arguments + outputs - donated + temporaries + generated code).
 Variant rows turn `scan_layers` / remat on for one config. Usage:
   python -m bench.train_step [--configs t5_1_1/tiny,...] [--variants_of t5_1_1/small]
-      [--bind dtype="'bfloat16'"] [--packed]
+      [--bind "remat_policy='full'"] [--packed]
+On CPU every row binds dtype = 'float32' unless --bind sets a dtype (CPUs emulate bfloat16).
 Prints a table and appends one JSON line to bench/results/train_step.jsonl. Needs jax, flax,
 optax and numpy only: no TensorFlow or seqio, and gin only if installed (bench.model_gin reads
 the model files otherwise).
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         "--bind",
         action="append",
         default=[],
-        help="network.TransformerConfig binding for every row, e.g. dtype=\"'bfloat16'\"",
+        help="network.TransformerConfig binding for every row, e.g. \"dtype = 'bfloat16'\"",
     )
     p.add_argument("--matmul_dtype", default="float32", help="dtype of the measured matmul peak")
     p.add_argument("--matmul_size", type=int, default=2048)
@@ -207,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     common_bindings = tuple(args.bind)
+    if jax.default_backend() == "cpu" and not any(b.startswith("dtype") for b in args.bind):
+        # the real gins compute in bfloat16, which CPUs emulate: CPU tables stay float32
+        common_bindings += ("dtype = 'float32'",)
     configs = args.configs.split(",")
     runs = [(c, "-", ()) for c in configs]
     if args.variants_of:

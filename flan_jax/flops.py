@@ -6,12 +6,13 @@ Model FLOPs per train step (PaLM, appendix B; the convention MaxText and T5X-era
   attention layer per row
 
 i.e. 6 N per token plus 12 H d_head L_q L_k per attention layer and row. N counts the matmul
-weights a token passes through: attention q/k/v/out, MLP wi_*/wo, the logits projection
-(tied or not). The input embedding lookup, norms, the T5 relative-position bias and softmax are
-not counted. Attention counts the whole row (L_q x L_k, no halving for causal masks, packed
-rows as one row): the work the einsum reference does. Remat recomputation is not model FLOPs.
-XLA's cost analysis is only a second opinion: on GPU it reports 5-50x too few FLOPs and it
-counts a scanned layer stack once.
+weights a token passes through: attention q/k/v/out, MLP wi_*/wo, the logits projection (tied
+or not); the decoder's cross-attention key/value weights count per encoder token. The input
+embedding lookup, norms, the T5 relative-position bias and softmax are not counted. Attention
+counts the whole row (L_q x L_k, no halving for causal masks, packed rows as one row): the work
+the einsum reference does. Remat recomputation is not model FLOPs. XLA's cost analysis is only
+a second opinion: on GPU it reports 5-50x too few FLOPs and it counts a scanned layer stack
+once.
 """
 
 from __future__ import annotations
@@ -66,10 +67,12 @@ def forward_flops(config, batch: int, input_length: int, target_length: int) -> 
     p = layer_params(config)
     hd = config.num_heads * config.head_dim
     n_enc, n_dec = config.num_encoder_layers, config.num_decoder_layers
-    dec_layer = p["attention"] * (2 if n_enc else 1) + p["mlp"]
-    per_row = 2 * (n_dec * dec_layer + p["logits"]) * target_length
+    per_row = 2 * (n_dec * (p["attention"] + p["mlp"]) + p["logits"]) * target_length
     per_row += 4 * hd * n_dec * target_length**2
     if n_enc:
+        # cross-attention: query/out per decoder token, key/value per encoder token
+        qo = 2 * config.emb_dim * hd
+        per_row += 2 * n_dec * (qo * target_length + (p["attention"] - qo) * input_length)
         per_row += 2 * n_enc * (p["attention"] + p["mlp"]) * input_length
         per_row += 4 * hd * (n_enc * input_length**2 + n_dec * target_length * input_length)
     return float(batch * per_row)
