@@ -111,6 +111,11 @@ def test_scan_remat_and_attention_impl_give_the_same_loss(cfg, batch, cls):
     np.testing.assert_allclose(
         _loss(scanned_cfg, _stack_layers(params), batch, cls), reference, rtol=1e-5
     )
+    # the fused path's AttentionMask (segment ids, static causal flag) through scan + remat
+    fused_cfg = network.TransformerConfig(**{**vars(scanned_cfg), "attention_impl": "fused"})
+    np.testing.assert_allclose(
+        _loss(fused_cfg, _stack_layers(params), batch, cls), reference, rtol=1e-5
+    )
     for option in (
         {"remat_policy": "dots_with_no_batch_dims_saveable"},
         {"attention_impl": "dot_product_attention"},
