@@ -146,3 +146,13 @@ def test_fused_model_loss_and_grads_match_einsum(name, dtype, monkeypatch):
     for a, b in zip(flat_got, flat_want, strict=True):
         assert a.dtype == jnp.float32  # float32 parameters and gradients in bf16 mode too
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tol * scale * 5, rtol=0)
+
+
+def test_gpu_selection_falls_back_to_xla_where_cudnn_refuses():
+    """jax checks cuDNN's limits while tracing (here: no cuDNN at all); the XLA path takes over."""
+    q, k, v = _qkv(jnp.bfloat16)
+    seg = jnp.asarray(SEGMENTS)
+    with pytest.warns(UserWarning, match="cuDNN attention unavailable"):
+        got = fused_attention.attend(q, k, v, seg, seg, None, None, True, backend="gpu")
+    want = fused_attention.xla(q, k, v, seg, seg, None, None, True)
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
