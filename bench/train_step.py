@@ -1,13 +1,18 @@
 """Train-step benchmark: speed, achieved FLOP/s vs a matmul peak of the same run, compile, memory.
 
-Per config: steps/s, target tokens/s, achieved FLOP/s (XLA cost analysis of the compiled
-per-device step of the plain model, no scan or remat, over the step's best wall time) and its
-share of `bench.common`'s matmul peak measured in the same run, compile time cold and from
-the persistent compilation cache, and peak memory per device (XLA memory_analysis:
-arguments + outputs - donated + temporaries + generated code).
+Per config: steps/s, target tokens/s, model FLOP/s per device (analytic model FLOPs of
+flan_jax.flops over the step's best wall time), MFU against the device's bf16 peak
+(flan_jax.flops.PEAK_BF16_FLOPS; on CPU, which has no entry, the matmul peak measured in the
+same run), the share of that measured matmul peak, XLA's cost-analysis count as a second
+column, compile time cold and from the persistent compilation cache, and peak memory per
+device (XLA memory_analysis: arguments + outputs - donated + temporaries + generated code).
 Variant rows turn `scan_layers` / remat on for one config. Usage:
   python -m bench.train_step [--configs t5_1_1/tiny,...] [--variants_of t5_1_1/small]
-Prints a table and appends one JSON line to bench/results/train_step.jsonl.
+      [--bind "remat_policy='full'"] [--packed]
+On CPU every row binds dtype = 'float32' unless --bind sets a dtype (CPUs emulate bfloat16).
+Prints a table and appends one JSON line to bench/results/train_step.jsonl. Needs jax, flax,
+optax and numpy only: no TensorFlow or seqio, and gin only if installed (bench.model_gin reads
+the model files otherwise).
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-import gin
-from bench import common
-from flan_jax import optimizer, partitioning, specs, train, train_state
+from bench import common, model_gin
+from flan_jax import flops as flops_lib
+from flan_jax import optimizer, partitioning, specs, train_state
 
 CONFIGS = (
     "t5_1_1/tiny", "decoder_only/tiny", "t5_1_1/small", "decoder_only/small",
@@ -37,54 +42,82 @@ VARIANTS = (
 )
 COLUMNS = (
     "config", "variant", "params(M)", "batch", "compile cold(s)", "compile cached(s)",
-    "steps/s", "tgt tok/s", "GFLOP/step", "XLA GFLOP/step", "GFLOP/s", "of peak", "peak MiB",
+    "steps/s", "tgt tok/s", "GFLOP/step", "TFLOP/s/dev", "MFU", "of matmul peak",
+    "XLA GFLOP/step", "peak MiB",
 )  # fmt: skip
-
-
-@gin.configurable("bench_model")
-def _bench_model(model=gin.REQUIRED):
-    return model
 
 
 def build_model(config: str, bindings: tuple[str, ...] = ()):
     """The MODEL of gin/models/<config>.gin, with `network.TransformerConfig.<binding>`s."""
-    gin.clear_config()
-    path = str(specs.spec_dir("gin") / "models" / f"{config}.gin")
+    gin_dir = specs.spec_dir("gin")
+    path = str(gin_dir / "models" / f"{config}.gin")
     extra = [f"network.TransformerConfig.{b}" for b in bindings]
-    gin.parse_config_files_and_bindings([path], ["bench_model.model = %MODEL", *extra])
-    return _bench_model()
+    try:
+        import gin
+    except ImportError:  # an accelerator machine with jax, flax and optax only
+        return model_gin.read(path, gin_dir, extra)
+    gin.clear_config()
+    gin.add_config_file_search_path(str(gin_dir))
+    gin.parse_config_files_and_bindings([path], extra)
+    return gin.query_parameter("%MODEL").scoped_configurable_fn()
 
 
-def random_batch(model, batch_size: int, inputs: int, targets: int) -> dict[str, np.ndarray]:
-    """Unpacked rows of random tokens; loss on the `targets` tokens of each row only."""
+def feature_lengths(model, inputs: int, targets: int) -> dict[str, int]:
+    """The model features and their lengths (seqio's converters' layout, without seqio)."""
+    if model.config.num_encoder_layers:
+        dec = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+        return {"encoder_input_tokens": inputs, **dict.fromkeys(dec, targets)}
+    dec = ("decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+    return {**dict.fromkeys(dec, inputs + targets), "decoder_causal_attention": inputs + targets}
+
+
+def random_batch(
+    model, batch_size: int, inputs: int, targets: int, packed: bool = False
+) -> dict[str, np.ndarray]:
+    """Rows of random tokens; loss on the `targets` tokens of each row only.
+
+    `packed`: each row holds two examples of half the lengths, with segment ids and positions
+    (the packed layout's masks and fused-attention path).
+    """
     rng = np.random.default_rng(0)
-    lengths = model.feature_converter_cls(pack=False).get_model_feature_lengths(
-        {"inputs": inputs, "targets": targets}
-    )
+    lengths = feature_lengths(model, inputs, targets)
     vocab = model.config.vocab_size
     batch = {
         k: rng.integers(2, vocab, size=(batch_size, n)).astype(np.int32) for k, n in lengths.items()
     }
+    parts = 2 if packed else 1
     for k, n in lengths.items():
+        row = np.arange(n) % (n // parts)
         if k.endswith("loss_weights"):
-            batch[k] = (np.arange(n) >= n - targets).astype(np.int32)[None].repeat(batch_size, 0)
+            keep = row >= n // parts - targets // parts
+            batch[k] = keep.astype(np.int32)[None].repeat(batch_size, 0)
         elif k.endswith("causal_attention"):  # prefix LM: the inputs attend bidirectionally
-            batch[k] = (np.arange(n) < n - targets).astype(np.int32)[None].repeat(batch_size, 0)
+            keep = row < n // parts - targets // parts
+            batch[k] = keep.astype(np.int32)[None].repeat(batch_size, 0)
+    if packed:
+        for k, n in lengths.items():
+            prefix = k.split("_", 1)[0]
+            seg = (np.arange(n) // (n // parts) + 1).astype(np.int32)
+            batch[f"{prefix}_segment_ids"] = seg[None].repeat(batch_size, 0)
+            pos = (np.arange(n) % (n // parts)).astype(np.int32)
+            batch[f"{prefix}_positions"] = pos[None].repeat(batch_size, 0)
     return batch
 
 
 def _compile(model, tx, cfg, mesh, shapes):
     start = time.perf_counter()
-    compiled, abstract, shardings = train.compile_train_step(
+    compiled, abstract, shardings = train_state.compile_train_step(
         model, tx, optimizer.make_schedule(cfg), train_state.StepConfig(), mesh, shapes
     )
     return compiled, abstract, shardings, time.perf_counter() - start
 
 
-def bench_config(config: str, variant: str, bindings, mesh, *, steps, batch_size, inputs, targets):
+def bench_config(
+    config: str, variant: str, bindings, mesh, *, steps, batch_size, inputs, targets, packed
+):
     """One row: compile cold then from the persistent cache, `steps` timed steps (best of)."""
     model = build_model(config, bindings)
-    batch = random_batch(model, batch_size, inputs, targets)
+    batch = random_batch(model, batch_size, inputs, targets, packed)
     shapes = {k: v.shape for k, v in batch.items()}
     cfg = optimizer.OptimizerConfig()
     tx = optimizer.make_optimizer(cfg)
@@ -104,18 +137,20 @@ def bench_config(config: str, variant: str, bindings, mesh, *, steps, batch_size
             if i:
                 times.append(time.perf_counter() - start)
     seconds = min(times)  # noise on a shared machine only adds time
-    report = train.memory_report(compiled)
+    report = train_state.memory_report(compiled)
     flops = report["flops"]
+    model_flops = flops_lib.train_flops_per_step(model.config, shapes)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract["params"]))
     return {
         "config": config,
         "variant": variant,
         "params(M)": n_params / 1e6,
-        "batch": f"{batch_size}x({inputs}+{targets})",
+        "batch": f"{batch_size}x({inputs}+{targets})" + (" packed" if packed else ""),
         "compile cold(s)": cold_s,
         "compile cached(s)": cached_s,
         "steps/s": 1 / seconds,
         "tgt tok/s": batch_size * targets / seconds,
+        "GFLOP/step": model_flops / 1e9,
         "XLA GFLOP/step": flops / 1e9 if flops else None,
         "peak MiB": report["peak"] / 2**20,
         "step_s_min": seconds,
@@ -131,6 +166,7 @@ def _size(config: str, args) -> dict:
         batch_size=args.small_batch_size if small else args.batch_size,
         inputs=args.inputs,
         targets=args.targets,
+        packed=args.packed,
     )
 
 
@@ -144,34 +180,57 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--small_batch_size", type=int, default=4, help="other configs")
     p.add_argument("--inputs", type=int, default=128)
     p.add_argument("--targets", type=int, default=32)
+    p.add_argument("--packed", action="store_true", help="two examples per row, segment ids")
+    p.add_argument(
+        "--bind",
+        action="append",
+        default=[],
+        help="network.TransformerConfig binding for every row, e.g. \"dtype = 'bfloat16'\"",
+    )
+    p.add_argument("--matmul_dtype", default="float32", help="dtype of the measured matmul peak")
+    p.add_argument("--matmul_size", type=int, default=2048)
     args = p.parse_args(argv)
     # a fresh persistent cache: the first compile of each step is cold, the second a cache hit
     jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="flan_jax_bench_"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    peak = common.matmul_peak_flops()
+    peak = common.matmul_peak_flops(size=args.matmul_size, dtype=args.matmul_dtype)
+    kind = jax.devices()[0].device_kind
+    table_peak = flops_lib.peak_flops(kind)
+    mfu_peak = table_peak or peak["flops_per_s"]
     mesh = partitioning.make_mesh((-1, 1, 1))
     print(
         f"device {peak['device']} x{jax.device_count()}, {common.host_cores()} host cores; "
-        f"matmul peak ({peak['size']}^2 {peak['dtype']}) {peak['flops_per_s'] / 1e9:.1f} GFLOP/s"
+        f"matmul peak ({peak['size']}^2 {peak['dtype']}) {peak['flops_per_s'] / 1e9:.1f} GFLOP/s; "
+        + (
+            f"MFU against the bf16 peak {table_peak / 1e12:.0f} TFLOP/s"
+            if table_peak
+            else "MFU against the measured matmul peak (no table entry)"
+        )
     )
+    common_bindings = tuple(args.bind)
+    if jax.default_backend() == "cpu" and not any(b.startswith("dtype") for b in args.bind):
+        # the real gins compute in bfloat16, which CPUs emulate: CPU tables stay float32
+        common_bindings += ("dtype = 'float32'",)
     configs = args.configs.split(",")
     runs = [(c, "-", ()) for c in configs]
     if args.variants_of:
         plain = [] if args.variants_of in configs else [(args.variants_of, "-", ())]
         runs += plain + [(args.variants_of, label, b) for label, b in VARIANTS]
-    rows, model_flops = [], {}
+    rows = []
     for config, variant, bindings in runs:
-        row = bench_config(config, variant, bindings, mesh, **_size(config, args))
-        # scan and remat do the same math: rate every variant by its plain step's FLOPs (XLA's
-        # count of a scanned step covers the loop body once; remat adds recomputation)
-        flops = model_flops.setdefault(config, row["XLA GFLOP/step"])
-        row["GFLOP/step"] = flops
-        row["GFLOP/s"] = flops / row["step_s_min"] if flops else None
-        row["of_peak_ratio"] = (row["GFLOP/s"] or 0) * 1e9 / peak["flops_per_s"]
-        row["of peak"] = f"{row['of_peak_ratio']:.1%}"
+        row = bench_config(config, variant, common_bindings + bindings, mesh, **_size(config, args))
+        # analytic model FLOPs: the same for scan / remat variants (XLA counts a scanned body
+        # once and remat's recomputation; its column is a second opinion only)
+        per_dev = row["GFLOP/step"] * 1e9 / jax.device_count() / row["step_s_min"]
+        row["TFLOP/s/dev"] = per_dev / 1e12
+        row["mfu_ratio"] = per_dev / mfu_peak
+        row["MFU"] = f"{row['mfu_ratio']:.1%}"
+        row["of_peak_ratio"] = per_dev / peak["flops_per_s"]
+        row["of matmul peak"] = f"{row['of_peak_ratio']:.1%}"
         rows.append(row)
         print(f"  {config} {variant}: {row['steps/s']:.3g} steps/s", flush=True)
-    common.print_table("train step (FLOPs: XLA cost analysis, per device)", rows, COLUMNS)
+    title = "train step (model FLOPs: analytic, flan_jax.flops; XLA: cost analysis per device)"
+    common.print_table(title, rows, COLUMNS)
     path = common.append_result(
         "train_step", {"matmul_peak": peak, "args": vars(args), "rows": rows}
     )

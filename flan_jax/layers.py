@@ -12,7 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from flax import struct
 from jax import lax
+
+from flan_jax import fused_attention
 
 Array = jax.Array
 DType = jnp.dtype | type
@@ -27,7 +30,7 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "silu": nn.silu,
     "linear": lambda x: x,
 }
-ATTENTION_IMPLS = ("einsum", "dot_product_attention")
+ATTENTION_IMPLS = ("einsum", "dot_product_attention", "fused")
 
 default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
 
@@ -207,18 +210,54 @@ def mask_to_bias(mask: Array, dtype: DType = jnp.float32) -> Array:
     )
 
 
+@struct.dataclass
+class AttentionMask:
+    """Masks as segment ids, for the fused kernels: no dense [batch, heads, q, k] bias.
+
+    Query i may attend key j iff q_segments[i] == kv_segments[j] != 0 (0 marks padding) and,
+    when `causal`, j <= i or both lie in the bidirectional `prefix` (prefix LM). `relpos`
+    is T5's relative position bias [1, heads, q, k] (None: RoPE models).
+    """
+
+    q_segments: Array  # [batch, q] int32
+    kv_segments: Array  # [batch, k] int32
+    prefix: Array | None = None  # [batch, q] bool, self-attention only
+    relpos: Array | None = None
+    causal: bool = struct.field(pytree_node=False, default=False)
+
+    def dense(self) -> Array:
+        """The boolean mask [batch, 1, q, k] (True: attend), as the einsum reference builds it."""
+        return fused_attention.dense_mask(
+            self.q_segments, self.kv_segments, self.prefix, self.causal
+        )
+
+    def dense_bias(self, dtype: DType) -> Array:
+        """mask_to_bias(dense()) + relpos: the einsum path's additive bias."""
+        bias = mask_to_bias(self.dense(), dtype)
+        return bias if self.relpos is None else bias + self.relpos.astype(dtype)
+
+
 def _attend(
     query: Array,
     key: Array,
     value: Array,
-    bias: Array | None,
+    bias: Array | AttentionMask | None,
     impl: str,
     dropout: Callable[[Array], Array] | None = None,
 ) -> Array:
     """Softmax attention; q [b,q,H,d], k/v [b,k,K,d] (H = K * groups), bias [b|1, H|1, q, k].
 
-    `dropout` (applied to the attention probabilities, as T5X) forces the einsum path.
+    An AttentionMask `bias` (impl 'fused') goes to the backend's fused kernel
+    (flan_jax.fused_attention); `dropout` (applied to the attention probabilities, as T5X)
+    forces the einsum path.
     """
+    if isinstance(bias, AttentionMask):
+        if dropout is None:
+            m = bias
+            return fused_attention.attend(
+                query, key, value, m.q_segments, m.kv_segments, m.prefix, m.relpos, m.causal
+            )
+        bias = bias.dense_bias(jnp.float32)
     if impl == "dot_product_attention" and dropout is None:
         return jax.nn.dot_product_attention(
             query, key, value, bias=None if bias is None else bias.astype(query.dtype), scale=1.0
@@ -270,8 +309,8 @@ class MultiHeadAttention(nn.Module):
         """Attends inputs_q [batch, q, embed] to inputs_kv [batch, k, embed].
 
         Args:
-          bias: additive bias [batch|1, heads|1, q, k] (masks and relative positions);
-            in decode mode k is the cache length.
+          bias: additive bias [batch|1, heads|1, q, k] (masks and relative positions),
+            or an AttentionMask (impl 'fused'); in decode mode k is the cache length.
           q_positions, kv_positions: [batch, q] / [batch, k] positions for RoPE.
           cache_index: decode mode only: scalar slot where inputs_kv's first token goes.
 

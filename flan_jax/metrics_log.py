@@ -14,23 +14,25 @@ import time
 from collections.abc import Mapping
 
 import jax
-import tensorflow as tf
 
-_SCALARS_METADATA = tf.compat.v1.SummaryMetadata(
-    plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars")
-).SerializeToString()
+from flan_jax import flops as flops_lib
+from flan_jax import train_state
 
 
-def step_flops(compiled) -> float | None:
-    """FLOPs of one call of a compiled (per-device SPMD) computation, from XLA's cost analysis."""
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # some backends do not implement it
-        return None
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    flops = (cost or {}).get("flops")
-    return float(flops) if flops and flops > 0 else None
+def _tensorflow():
+    """TensorFlow, imported when a logger opens: the train step itself runs without it."""
+    import tensorflow as tf
+
+    return tf
+
+
+def _scalars_metadata(tf) -> bytes:
+    return tf.compat.v1.SummaryMetadata(
+        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars")
+    ).SerializeToString()
+
+
+step_flops = train_state.step_flops  # XLA's count, kept here for existing callers
 
 
 def _format_duration(seconds: float) -> str:
@@ -83,26 +85,44 @@ class MetricsLogger:
     Args:
       model_dir: where metrics.jsonl and the TensorBoard events (tensorboard/) go.
       total_steps: TRAIN_STEPS, for the ETA.
-      flops_per_device_step: XLA's per-device FLOPs of one train step (None: not logged).
+      flops_per_device_step: XLA's per-device FLOPs of one train step (None: not logged);
+        a second opinion only (see flan_jax.flops).
+      model_flops_per_step: analytic model FLOPs of one step, all devices
+        (flops.train_flops_per_step); with the device's peak it gives the MFU.
+      peak_flops_per_device: the MFU's denominator (None: flops.device_peak of device 0).
       stream: console stream.
     """
 
     def __init__(
-        self, model_dir: str, *, total_steps: int, flops_per_device_step: float | None, stream=None
+        self,
+        model_dir: str,
+        *,
+        total_steps: int,
+        flops_per_device_step: float | None,
+        model_flops_per_step: float | None = None,
+        peak_flops_per_device: float | None = None,
+        stream=None,
     ):
         self.enabled = jax.process_index() == 0
         self.total_steps = total_steps
         self.flops = flops_per_device_step
+        self.model_flops = model_flops_per_step
+        self.peak = peak_flops_per_device
+        if self.model_flops and self.peak is None:
+            self.peak, _ = flops_lib.device_peak(jax.devices()[0].device_kind)
         self.stream = stream or sys.stdout
         self._jsonl = None
         self._writer = None
         if self.enabled:
+            tf = self._tf = _tensorflow()
+            self._metadata = _scalars_metadata(tf)
             tf.io.gfile.makedirs(model_dir)
             self._jsonl = _LineAppender(os.path.join(model_dir, "metrics.jsonl"))
             self._writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
 
     def _write(self, record: Mapping[str, float | int | str], prefix: str) -> None:
         self._jsonl.append(json.dumps(record, sort_keys=True) + "\n")
+        tf = self._tf
         with self._writer.as_default():
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k not in ("step", "time") and math.isfinite(v):
@@ -110,7 +130,7 @@ class MetricsLogger:
                         f"{prefix}/{k}",
                         tf.constant(float(v)),
                         step=record["step"],
-                        metadata=_SCALARS_METADATA,
+                        metadata=self._metadata,
                     )
         self._writer.flush()
 
@@ -140,8 +160,11 @@ class MetricsLogger:
             "tokens_per_s_per_device": tokens / seconds / n_dev,
             "target_tokens_per_s": target_tokens / seconds,
         }
+        if self.model_flops:
+            record["model_flops_per_s_per_device"] = self.model_flops / n_dev / step_time
+            record["mfu"] = record["model_flops_per_s_per_device"] / self.peak
         if self.flops:
-            record["model_flops_per_s_per_device"] = self.flops / step_time
+            record["xla_flops_per_s_per_device"] = self.flops / step_time
         if self.enabled:
             eta = _format_duration(step_time * (self.total_steps - step))
             line = (
@@ -151,8 +174,13 @@ class MetricsLogger:
                 f"tok/s {record['tokens_per_s']:.0f} "
                 f"step {step_time * 1e3:.1f}ms ETA {eta}"
             )
-            if self.flops:
-                line += f" {record['model_flops_per_s_per_device'] / 1e9:.2f} GFLOP/s/dev"
+            if self.model_flops:
+                line += (
+                    f" {record['model_flops_per_s_per_device'] / 1e12:.3g} TFLOP/s/dev"
+                    f" MFU {record['mfu']:.1%}"
+                )
+            if self.flops:  # XLA's count: a second opinion (too low on GPU, scan counted once)
+                line += f" (XLA {record['xla_flops_per_s_per_device'] / 1e12:.3g})"
             print(line, file=self.stream, flush=True)
             self._write(record, "train")
         return record

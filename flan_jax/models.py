@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import seqio
 from flax import linen as nn
 
 from flan_jax import decoding, network
 from flan_jax.decoding import DecodeConfig
+
+if TYPE_CHECKING:  # seqio (and TensorFlow) only where data is converted: see _seqio()
+    import seqio
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -110,6 +112,13 @@ def _metrics(
         "correct": correct.astype(jnp.float32),
         "num_examples": num_examples.astype(jnp.float32),
     }
+
+
+def _seqio():
+    """seqio, imported on first use: the model, loss and train step run without it."""
+    import seqio
+
+    return seqio
 
 
 def _zeros_like_shapes(tree: PyTree) -> PyTree:
@@ -209,7 +218,10 @@ class EncoderDecoderModel(BaseModel):
     batch keys from seqio.EncDecFeatureConverter.
     """
 
-    feature_converter_cls = seqio.EncDecFeatureConverter
+    @property
+    def feature_converter_cls(self) -> type[seqio.FeatureConverter]:
+        """seqio.EncDecFeatureConverter."""
+        return _seqio().EncDecFeatureConverter
 
     def __init__(
         self,
@@ -329,8 +341,8 @@ class DecoderOnlyModel(BaseModel):
     def feature_converter_cls(self) -> type[seqio.FeatureConverter]:
         """PrefixLMFeatureConverter for prefix LMs, DecoderFeatureConverter otherwise."""
         if self.inputs_bidirectional_attention:
-            return seqio.PrefixLMFeatureConverter
-        return seqio.DecoderFeatureConverter
+            return _seqio().PrefixLMFeatureConverter
+        return _seqio().DecoderFeatureConverter
 
     def get_initial_variables(self, rng, input_shapes, input_types=None):
         """{'params': nn.Partitioned-boxed params} from input shapes {feature: (batch, length)}."""

@@ -48,6 +48,12 @@ def _pair_mask(q: Array, k: Array, op=jnp.logical_and) -> Array:
     return op(q[:, None, :, None], k[:, None, None, :])
 
 
+def _segments(valid: Array, segment_ids: Array | None) -> Array:
+    """Segment ids with 0 on padding (1 everywhere valid when rows are not packed)."""
+    seg = jnp.ones(valid.shape, jnp.int32) if segment_ids is None else segment_ids
+    return jnp.where(valid, seg, 0).astype(jnp.int32)
+
+
 def _default_positions(tokens: Array, positions: Array | None) -> Array:
     if positions is not None:
         return positions
@@ -67,13 +73,20 @@ class Encoder(nn.Module):
         """tokens [batch, length] -> encoded [batch, length, embed]."""
         cfg = self.config
         valid = tokens > 0
-        mask = _pair_mask(valid, valid)
-        if segment_ids is not None:
-            mask &= _pair_mask(segment_ids, segment_ids, jnp.equal)
-        bias = layers.mask_to_bias(mask, cfg.compute_dtype)
+        idx = jnp.arange(tokens.shape[1])
+        relpos = None
         if cfg.position_embedding == "relative":
-            idx = jnp.arange(tokens.shape[1])
-            bias = bias + _relpos(cfg, "relpos_bias")(idx, idx, bidirectional=True)
+            relpos = _relpos(cfg, "relpos_bias")(idx, idx, bidirectional=True)
+        if cfg.attention_impl == "fused":  # segment ids, no dense [b, h, q, k] bias
+            seg = _segments(valid, segment_ids)
+            bias = layers.AttentionMask(q_segments=seg, kv_segments=seg, relpos=relpos)
+        else:
+            mask = _pair_mask(valid, valid)
+            if segment_ids is not None:
+                mask &= _pair_mask(segment_ids, segment_ids, jnp.equal)
+            bias = layers.mask_to_bias(mask, cfg.compute_dtype)
+            if relpos is not None:
+                bias = bias + relpos
         drop = functools.partial(
             nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic
         )
@@ -161,17 +174,36 @@ class Decoder(nn.Module):
         else:
             start = None
             mask, q_idx, k_idx = self._full_mask(tokens, valid, segment_ids, causal_attention)
-        bias = layers.mask_to_bias(mask, cfg.compute_dtype)
+        relpos = None
         if cfg.position_embedding == "relative":
-            bias = bias + _relpos(cfg, "relpos_bias")(q_idx, k_idx, bidirectional=False)
+            relpos = _relpos(cfg, "relpos_bias")(q_idx, k_idx, bidirectional=False)
+        fused = cfg.attention_impl == "fused" and not decode  # decoding keeps its dense masks
+        if fused:
+            seg = _segments(valid, segment_ids)
+            prefix = None if causal_attention is None else causal_attention > 0
+            bias = layers.AttentionMask(
+                q_segments=seg, kv_segments=seg, prefix=prefix, relpos=relpos, causal=True
+            )
+        else:
+            bias = layers.mask_to_bias(mask, cfg.compute_dtype)
+            bias = bias if relpos is None else bias + relpos
         if positions is None:
             positions = jnp.broadcast_to(q_idx.astype(jnp.int32), tokens.shape)
         cross_bias = None
         if encoded is not None:
-            cross = _pair_mask(valid, encoder_tokens > 0)
-            if segment_ids is not None and encoder_segment_ids is not None:
-                cross &= _pair_mask(segment_ids, encoder_segment_ids, jnp.equal)
-            cross_bias = layers.mask_to_bias(cross, cfg.compute_dtype)
+            packed = segment_ids is not None and encoder_segment_ids is not None
+            if fused:
+                cross_bias = layers.AttentionMask(
+                    q_segments=_segments(valid, segment_ids if packed else None),
+                    kv_segments=_segments(
+                        encoder_tokens > 0, encoder_segment_ids if packed else None
+                    ),
+                )
+            else:
+                cross = _pair_mask(valid, encoder_tokens > 0)
+                if packed:
+                    cross &= _pair_mask(segment_ids, encoder_segment_ids, jnp.equal)
+                cross_bias = layers.mask_to_bias(cross, cfg.compute_dtype)
 
         drop = functools.partial(
             nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from flan_jax import (
     checkpoints,
+    flops,
     input_pipeline,
     metrics_log,
     optimizer,
@@ -28,7 +29,7 @@ from flan_jax import (
 from flan_jax.checkpoints import CheckpointConfig
 from flan_jax.input_pipeline import DataConfig
 from flan_jax.optimizer import OptimizerConfig
-from flan_jax.train_state import StepConfig
+from flan_jax.train_state import MEMORY_FIELDS, StepConfig, compile_train_step, memory_report
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -186,62 +187,28 @@ def _validate(mesh: Mesh, data: DataConfig, step: StepConfig) -> None:
     partitioning.validate_batch_size(data.batch_size, mesh, step.num_microbatches)
 
 
-def compile_train_step(model, tx, schedule, step_config: StepConfig, mesh: Mesh, shapes):
-    """The train step jitted with the real shardings, lowered on abstract values and compiled.
-
-    Call under `jax.set_mesh(mesh)` and the logical axis rules. Returns
-    (compiled, abstract state, state shardings); nothing is allocated.
-    """
-    batch_sh, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
-    abstract, shardings = train_state.state_shardings(model, tx, shapes, mesh)
-    step_fn = jax.jit(
-        train_state.make_train_step(model.loss_fn, tx, schedule, step_config, mesh),
-        in_shardings=(shardings, batch_sh),
-        out_shardings=(shardings, repl),
-        donate_argnums=0,
-        keep_unused=True,  # every state and batch buffer is an argument: exact memory report
-    )
-    batch_abstract = {
-        k: jax.ShapeDtypeStruct(v, np.int32, sharding=batch_sh) for k, v in shapes.items()
-    }
-    return step_fn.lower(abstract, batch_abstract).compile(), abstract, shardings
-
-
-MEMORY_FIELDS = {
-    "arguments": "argument_size_in_bytes",
-    "outputs": "output_size_in_bytes",
-    "aliased (donated)": "alias_size_in_bytes",
-    "temporaries": "temp_size_in_bytes",
-    "generated code": "generated_code_size_in_bytes",
-}
-
-
-def memory_report(compiled) -> dict[str, int | float | None]:
-    """Bytes per device of a compiled step (XLA's memory_analysis) and its FLOPs per device.
-
-    `peak` = arguments + outputs - aliased + temporaries + generated code: the live set when
-    every buffer is resident at once (donated state is counted once).
-    """
-    stats = compiled.memory_analysis()
-    report = {name: int(getattr(stats, attr)) for name, attr in MEMORY_FIELDS.items()}
-    report["peak"] = (
-        report["arguments"] + report["outputs"] - report["aliased (donated)"]
-        + report["temporaries"] + report["generated code"]
-    )  # fmt: skip
-    report["flops"] = metrics_log.step_flops(compiled)
-    return report
-
-
 def format_memory_report(report: dict, mesh: Mesh) -> str:
-    """The `--precompile` table: MiB and exact bytes per device, then FLOPs per step."""
+    """The `--precompile` table: MiB and exact bytes per device, then FLOPs per step.
+
+    The analytic model FLOPs (report["model_flops"], flan_jax.flops) come first; XLA's count
+    is a second opinion (too low on GPU, a scanned stack counted once).
+    """
     lines = [f"memory per device (mesh {dict(mesh.shape)}, {mesh.size} devices):"]
     for name in (*MEMORY_FIELDS, "peak"):
         lines.append(f"  {name:18s} {report[name] / 2**20:12.2f} MiB {report[name]:>16d} bytes")
-    flops = report["flops"]
-    per_step = "n/a (no cost analysis on this backend)" if flops is None else f"{flops:.4g}"
+    model_flops = report.get("model_flops")
+    if model_flops:
+        peak, source = report["peak_flops"], report["peak_source"]
+        lines.append(
+            f"model FLOPs (analytic, 6N/token + attention) per step {model_flops:.4g}, "
+            f"per device {model_flops / mesh.size:.4g}; device {source} {peak:.4g} FLOP/s: "
+            f"{model_flops / mesh.size / peak * 1e3:.4g} ms per step at 100% MFU"
+        )
+    xla = report["flops"]
+    per_step = "n/a (no cost analysis on this backend)" if xla is None else f"{xla:.4g}"
     lines.append(f"XLA cost analysis: FLOPs per device per step {per_step}")
-    if flops is not None:
-        lines.append(f"XLA cost analysis: FLOPs per step (all devices) {flops * mesh.size:.4g}")
+    if xla is not None:
+        lines.append(f"XLA cost analysis: FLOPs per step (all devices) {xla * mesh.size:.4g}")
     return "\n".join(lines)
 
 
@@ -275,6 +242,10 @@ def train(
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             compiled, _, _ = compile_train_step(model, tx, schedule, step_config, mesh, shapes)
         report = memory_report(compiled)
+        report["model_flops"] = flops.train_flops_per_step(model.config, shapes)
+        report["peak_flops"], report["peak_source"] = flops.device_peak(
+            jax.devices()[0].device_kind
+        )
         print(format_memory_report(report, mesh), flush=True)
         return report
     with run_lock.held(run.model_dir):  # one trainer per MODEL_DIR (a no-op under main)
@@ -313,6 +284,7 @@ def _train(model, data, mesh, converter, optim, step_config, checkpoint, run, sh
             run.model_dir,
             total_steps=run.train_steps,
             flops_per_device_step=metrics_log.step_flops(compiled),
+            model_flops_per_step=flops.train_flops_per_step(model.config, shapes),
         )
         state, step = _restore_or_init(
             model, tx, ckpt, shapes, abstract, shardings, run, batches, log

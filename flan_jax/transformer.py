@@ -43,7 +43,8 @@ class TransformerConfig:
       parallel_block: PaLM's parallel attention + MLP from one pre-norm.
       scan_layers: nn.scan over layers (params stacked under `layers`, axis `layers`).
       remat_policy: 'none', 'full' or a jax.checkpoint_policies name.
-      attention_impl: 'einsum' (reference) or 'dot_product_attention' (jax.nn).
+      attention_impl: 'einsum' (reference), 'dot_product_attention' (jax.nn with the dense
+        bias) or 'fused' (flan_jax.fused_attention: segment ids, kernel chosen per backend).
     """
 
     vocab_size: int

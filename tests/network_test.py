@@ -47,6 +47,7 @@ PARAM_COUNTS = {
     "t5_1_1/xl": 2_849_757_184,
     "t5_1_1/xxl": 11_135_332_352,
     "t5/tiny": 968_448,
+    "t5/base": 222_903_552,  # original T5 base (published: 220M)
     "decoder_only/tiny": 623_232,
     "decoder_only/small": 60_170_752,
     "decoder_only/base": 134_302_464,
@@ -59,6 +60,7 @@ PARAM_COUNTS = {
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
 def test_gin_size_configs_have_published_parameter_counts(name):
     gin.clear_config()
+    gin.add_config_file_search_path(os.path.dirname(GIN_MODELS))  # size files include their base
     gin.parse_config_file(os.path.join(GIN_MODELS, f"{name}.gin"))
     model = gin.query_parameter("%MODEL").scoped_configurable_fn()
     gin.clear_config()
@@ -108,6 +110,11 @@ def test_scan_remat_and_attention_impl_give_the_same_loss(cfg, batch, cls):
     assert jax.tree.map(jnp.shape, scanned) == jax.tree.map(jnp.shape, _stack_layers(params))
     np.testing.assert_allclose(
         _loss(scanned_cfg, _stack_layers(params), batch, cls), reference, rtol=1e-5
+    )
+    # the fused path's AttentionMask (segment ids, static causal flag) through scan + remat
+    fused_cfg = network.TransformerConfig(**{**vars(scanned_cfg), "attention_impl": "fused"})
+    np.testing.assert_allclose(
+        _loss(fused_cfg, _stack_layers(params), batch, cls), reference, rtol=1e-5
     )
     for option in (
         {"remat_policy": "dots_with_no_batch_dims_saveable"},

@@ -76,7 +76,7 @@ def test_precompile_prints_memory_per_device_without_training(tmp_path, capsys, 
 
     def compile_and_keep(model, tx, schedule, step_config, mesh, shapes):
         out = real_compile(model, tx, schedule, step_config, mesh, shapes)
-        captured.update(compiled=out[0], abstract=out[1], mesh=mesh, shapes=shapes)
+        captured.update(compiled=out[0], abstract=out[1], mesh=mesh, shapes=shapes, model=model)
         return out
 
     real_compile = train.compile_train_step
@@ -114,6 +114,10 @@ def test_precompile_prints_memory_per_device_without_training(tmp_path, capsys, 
     assert printed["aliased (donated)"] == _shard_bytes(captured["abstract"])  # state donated
     flops = float(re.search(r"FLOPs per device per step ([\d.e+]+)", out).group(1))
     assert flops == pytest.approx(captured["compiled"].cost_analysis()["flops"], rel=1e-3)
+    # the analytic model FLOPs (flan_jax.flops) come first; XLA's count is a second opinion
+    analytic = re.search(r"\(analytic, 6N/token \+ attention\) per step ([\d.e+]+)", out)
+    want = train.flops.train_flops_per_step(captured["model"].config, shapes)
+    assert float(analytic.group(1)) == pytest.approx(want, rel=1e-3)
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
