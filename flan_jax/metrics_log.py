@@ -50,7 +50,7 @@ class _LineAppender:
         self.path = path
         self._fd, self._gfile = None, None
         if "://" in path:
-            self._gfile = tf.io.gfile.GFile(path, "a")
+            self._gfile = _tensorflow().io.gfile.GFile(path, "a")
         else:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
