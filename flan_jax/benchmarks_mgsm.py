@@ -4,8 +4,8 @@ Files under `$FLAN_JAX_DATA_DIR/mgsm`: `mgsm_<lang>.tsv` (`question \\t answer`,
 and `exemplars.py`, whose dict literals are read as data (`ast.literal_eval`), never run.
 
 Tasks (cluster `mgsm`, split `test`, target the canonical answer number, e.g. "2125"):
-  `mgsm_<lang>_8shot_cot`     the 8 translated exemplars, then "<Question:> q\\n<Step-by-Step Answer:>"
-                              with the language's own cue words;
+  `mgsm_<lang>_8shot_cot`     the 8 translated exemplars, then
+                              "<Question:> q\\n<Step-by-Step Answer:>" in the language's cue words;
   `mgsm_<lang>_0shot_cot`     the native cue words alone;
   `mgsm_<lang>_8shot_cot_en`  the 8 English exemplars and English cue words, native question;
   `mgsm_<lang>_0shot_cot_en`  English cue words, native question;
@@ -69,7 +69,7 @@ def load_exemplars(path: str) -> dict[str, list[dict[str, str]]]:
             and node.targets[0].id == "MGSM_EXEMPLARS"
         ):
             data = ast.literal_eval(node.value)
-            return {lang: [shots[k] for k in sorted(shots, key=int)] for lang, shots in data.items()}
+            return {lang: [s[k] for k in sorted(s, key=int)] for lang, s in data.items()}
     raise ValueError(f"{path}: no MGSM_EXEMPLARS = {{...}} dict literal found")
 
 
@@ -92,8 +92,7 @@ def mgsm_examples(
     prefix = "".join(f"{e['q']}\n{e['a']}\n\n" for e in exemplars[:shots])
     rows = load_mgsm_tsv(os.path.join(base, f"mgsm_{lang}.tsv"))
     return [
-        {"inputs": f"{prefix}{q_cue}{r['question']}\n{a_cue}", "targets": r["number"]}
-        for r in rows
+        {"inputs": f"{prefix}{q_cue}{r['question']}\n{a_cue}", "targets": r["number"]} for r in rows
     ]
 
 

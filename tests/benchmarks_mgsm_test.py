@@ -119,6 +119,6 @@ def test_oracle_gold_scores_100_and_a_constant_scores_chance(registered):
         got = accuracy(targets, [constant] * len(targets))["accuracy"]
         assert got == pytest.approx(chance), name
     summary = mgsm.mgsm_summary(
-        {mgsm.task_name(l): {"accuracy": 10.0 * i} for i, l in enumerate(mgsm.MGSM_LANGUAGES)}
+        {mgsm.task_name(lang): {"accuracy": 10.0 * i} for i, lang in enumerate(mgsm.MGSM_LANGUAGES)}
     )
     assert summary["en"] == 0.0 and summary["zh"] == 100.0 and summary["average"] == 50.0

@@ -63,7 +63,8 @@ def test_translated_mgsm_questions_are_found_in_every_script():
         planted = "Translate to English: " + sets["mgsm"][i]
         assert index.match(planted)[:2] == ("mgsm", i)
     # an MGSM exemplar (not a test problem) in Chinese: no match
-    assert index.match("罗杰有 5 个网球。他又买了 2 罐网球。每罐有 3 个网球。他现在有多少个网球？") is None
+    exemplar = "罗杰有 5 个网球。他又买了 2 罐网球。每罐有 3 个网球。他现在有多少个网球？"
+    assert index.match(exemplar) is None
 
 
 @needs_data
