@@ -423,6 +423,9 @@ def _add_suite_flags(parser) -> None:
     parser.add_argument(
         "--max_tasks_per_benchmark", type=int, default=None, help="suite: cap for smoke runs"
     )
+    parser.add_argument(
+        "--vocabulary", default=None, help="suite: tasks' vocabulary, t5 (default) or byte"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -445,7 +448,10 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             suite = suites.SuiteOptions(
-                args.suite, args.max_examples_per_task, args.max_tasks_per_benchmark
+                args.suite,
+                args.max_examples_per_task,
+                args.max_tasks_per_benchmark,
+                args.vocabulary,
             )
         except ValueError as e:
             print(f"flan-jax eval: {e}", file=sys.stderr)

@@ -257,6 +257,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        import matplotlib  # noqa: F401, PLC0415
+    except ImportError:
+        print(
+            "flan-jax report: matplotlib is not installed; pip install 'flan-jax[report]' "
+            "(or matplotlib)",
+            file=sys.stderr,
+        )
+        return 2
     output = args.output or os.path.join(args.model_dir, "report.html")
     try:
         page = render(args.model_dir, args.examples, os.path.dirname(os.path.abspath(output)))

@@ -39,11 +39,13 @@ class Benchmark:
 
 @dataclasses.dataclass(frozen=True)
 class SuiteOptions:
-    """`--suite NAME`, with caps for smoke runs (None: everything)."""
+    """`--suite NAME`, with caps for smoke runs (None: everything), and the vocabulary the
+    benchmark tasks are (re-)registered with (None: as registered, T5's by the registry)."""
 
     name: str
     max_examples_per_task: int | None = None
     max_tasks_per_benchmark: int | None = None
+    vocabulary: str | None = None
 
     def __post_init__(self):
         if self.name not in SUITES:
@@ -195,6 +197,12 @@ def run_suite(
 
     from flan_jax import evaluate  # noqa: PLC0415
 
+    if options.vocabulary:  # e.g. "byte" for the byte-level flan_tiny models
+        from flan_jax.data.vocab import get_vocabulary  # noqa: PLC0415
+
+        vocab = get_vocabulary(options.vocabulary)
+        for module in (benchmarks, benchmarks_mgsm, benchmarks_mmlu_cot):
+            module.register(vocab)
     suite = get_suite(options)
     if options.max_examples_per_task:
         config = dataclasses.replace(config, max_examples=options.max_examples_per_task)
