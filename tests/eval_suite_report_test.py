@@ -1,6 +1,8 @@
 """A tiny trained run: `flan-jax eval --suite flan2022` end to end, then `flan-jax report`."""
 
 import base64
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -24,26 +26,31 @@ def read_jsonl(path):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """2 training steps (teacher-forced eval at 1 and 2), then the suite at step 2."""
+    """2 training steps (teacher-forced eval at 1 and 2), then the flan2022 suite at step 2
+    (one task per benchmark, 2 examples each); returns (run folder, what the suite printed)."""
     if not (DATA_DIR and os.path.isdir(DATA_DIR)):
         pytest.skip("needs FLAN_JAX_DATA_DIR")
     d = str(tmp_path_factory.mktemp("suite") / "run")
     rc, out = train_test.run_trainer(d, "--gin.EVAL_PERIOD=1", steps=2)
     assert rc == 0, out
-    return d
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.delenv(benchmarks_mmlu_cot.EXEMPLARS_ENV, raising=False)
+        assert evaluate.main([
+            "--gin_file=test/tiny_t5.gin", "--gin_file=runs/eval.gin",
+            "--compilation_cache_dir=none",
+            f"--gin.CHECKPOINT_PATH='{d}'", f"--gin.MODEL_DIR='{d}'",
+            "--gin.MIXTURE_OR_TASK_MODULE=None", "--gin.BATCH_SIZE=8", "--gin.MAX_DECODE_LEN=4",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
+            "--suite=flan2022", "--max_examples_per_task=2", "--max_tasks_per_benchmark=1",
+            "--vocabulary=byte",  # the tiny model's, instead of T5's
+        ]) == 0  # fmt: skip
+    return d, printed.getvalue()
 
 
 @needs_data
-def test_suite_flan2022_end_to_end(run_dir, capsys, monkeypatch):
-    monkeypatch.delenv(benchmarks_mmlu_cot.EXEMPLARS_ENV, raising=False)
-    assert evaluate.main([
-        "--gin_file=test/tiny_t5.gin", "--gin_file=runs/eval.gin", "--compilation_cache_dir=none",
-        f"--gin.CHECKPOINT_PATH='{run_dir}'", f"--gin.MODEL_DIR='{run_dir}'",
-        "--gin.MIXTURE_OR_TASK_MODULE=None", "--gin.BATCH_SIZE=8", "--gin.MAX_DECODE_LEN=4",
-        "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
-        "--suite=flan2022", "--max_examples_per_task=2", "--max_tasks_per_benchmark=1",
-        "--vocabulary=byte",  # the tiny model's, instead of T5's
-    ]) == 0  # fmt: skip
+def test_suite_flan2022_end_to_end(run_dir):
+    run_dir, printed = run_dir
     record = read_jsonl(f"{run_dir}/metrics.jsonl")[-1]
     assert record["kind"] == "suite" and record["step"] == 2
     tasks = {  # the first task of each benchmark
@@ -69,7 +76,6 @@ def test_suite_flan2022_end_to_end(run_dir, capsys, monkeypatch):
         assert record[f"{bench}/normalized"] == pytest.approx(score - chance.get(bench, 0.0))
         normalized.append(score - chance.get(bench, 0.0))
     assert record["normalized_average"] == pytest.approx(sum(normalized) / 5)
-    printed = capsys.readouterr().out
     assert "normalized average" in printed and f"{record['normalized_average']:.2f}" in printed
 
 
@@ -93,8 +99,7 @@ class WellFormed(HTMLParser):
 @needs_data
 def test_report_renders_every_figure_and_table_from_metrics(run_dir, tmp_path):
     pytest.importorskip("matplotlib", reason="flan-jax report draws with matplotlib")
-    if not any(r.get("kind") == "suite" for r in read_jsonl(f"{run_dir}/metrics.jsonl")):
-        pytest.skip("needs test_suite_flan2022_end_to_end's suite record")
+    run_dir, _ = run_dir
     out = tmp_path / "page" / "report.html"
     out.parent.mkdir()
     assert cli.main(["report", run_dir, f"--output={out}", "--examples=2"]) == 0
