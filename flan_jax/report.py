@@ -22,8 +22,8 @@ from collections.abc import Sequence
 TRAIN_FIGURES = (
     ("train-loss", "loss", "training loss"),
     ("train-accuracy", "accuracy", "training accuracy"),
-    ("learning-rate", "learning_rate", "learning rate"),
-    ("tokens-per-s", "tokens_per_s", "tokens / s"),
+    ("learning-rate", "learning_rate", "training learning rate"),
+    ("tokens-per-s", "tokens_per_s", "training tokens / s"),
 )
 
 
@@ -72,7 +72,7 @@ def _png(series: dict[str, list[tuple[int, float]]], title: str, dashed: set[str
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    if len(series) > 1:
+    if len(series) > 1 or not title.startswith("train"):  # name the task or cluster
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     buffer = io.BytesIO()
