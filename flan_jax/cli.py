@@ -19,6 +19,7 @@ COMMANDS = {
     "tasks": "flan_jax.data.cli",
     "mixture": "flan_jax.data.cli",
     "demo": "flan_jax.demo",
+    "report": "flan_jax.report",
 }
 PASS_SUBCOMMAND = ("tasks", "mixture")  # flan_jax.data.cli parses these words itself
 # TensorFlow/absl/XLA start-up lines that say nothing to a user.

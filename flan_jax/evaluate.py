@@ -374,10 +374,13 @@ def evaluate_checkpoint(
     config: EvalConfig = EvalConfig(),
     mesh: Mesh | None = None,
     mixture_or_task_module: str | None = None,
+    suite: Any = None,
 ) -> dict[str, float]:
     """Restores `checkpoint_path`, evaluates every task of the mixture, writes and prints results.
 
-    Outputs go under `model_dir` (see `write_results`), at the checkpoint's step.
+    Outputs go under `model_dir` (see `write_results`), at the checkpoint's step. With
+    `suite` (a `suites.SuiteOptions`, from `--suite`) the suite's benchmarks are evaluated
+    instead of the mixture (`suites.run_suite`).
 
     Returns:
       the scalars written (`eval/<task>/<metric>`, `eval_cluster/<cluster>/<metric>`).
@@ -385,6 +388,14 @@ def evaluate_checkpoint(
     if mixture_or_task_module:
         importlib.import_module(mixture_or_task_module)
     params, step = restore_params(model, checkpoint_path, mesh)
+    if suite is not None:
+        from flan_jax import suites  # noqa: PLC0415
+
+        scores = suites.run_suite(
+            model, params, step, suite, model_dir=model_dir, feature_lengths=feature_lengths,
+            config=config, mesh=mesh,
+        )  # fmt: skip
+        return {f"suite/{b}": v.get("normalized", v["score"]) for b, v in scores.items()}
     results = run_evaluation(
         model,
         params,
@@ -402,19 +413,54 @@ def evaluate_checkpoint(
     return scalars
 
 
+def _add_suite_flags(parser) -> None:
+    parser.add_argument(
+        "--suite", default=None, help="evaluate a benchmark suite instead of a mixture: flan2022"
+    )
+    parser.add_argument(
+        "--max_examples_per_task", type=int, default=None, help="suite: cap for smoke runs"
+    )
+    parser.add_argument(
+        "--max_tasks_per_benchmark", type=int, default=None, help="suite: cap for smoke runs"
+    )
+    parser.add_argument(
+        "--vocabulary", default=None, help="suite: tasks' vocabulary, t5 (default) or byte"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """`flan-jax eval --gin_file=models/... --gin_file=runs/eval.gin --gin.CHECKPOINT_PATH=...
-    --gin.MIXTURE_OR_TASK_NAME=... --gin.MODEL_DIR=...`; returns the exit code."""
+    --gin.MIXTURE_OR_TASK_NAME=... --gin.MODEL_DIR=...` (or `--suite flan2022` instead of
+    MIXTURE_OR_TASK_NAME); returns the exit code."""
     import gin
     from flan_jax import gin_flags
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--suite" or a.startswith("--suite=") for a in argv):
+        argv = ["--gin.MIXTURE_OR_TASK_NAME='(suite)'", *argv]  # the suite names the tasks
     gin.clear_config()
-    args = gin_flags.parse(argv, "flan-jax eval")
+    parser = gin_flags.make_parser("flan-jax eval")
+    _add_suite_flags(parser)
+    args = gin_flags.parse(argv, "flan-jax eval", parser)
+    suite = None
+    if args.suite is not None:
+        from flan_jax import suites  # noqa: PLC0415
+
+        try:
+            suite = suites.SuiteOptions(
+                args.suite,
+                args.max_examples_per_task,
+                args.max_tasks_per_benchmark,
+                args.vocabulary,
+            )
+        except ValueError as e:
+            print(f"flan-jax eval: {e}", file=sys.stderr)
+            return 2
     gin_flags.enable_compilation_cache(args)  # before anything compiles
     gin_flags.initialize_distributed(args)
     # `python -m` runs this file as __main__: use the module gin registered
-    gin.get_configurable(importlib.import_module("flan_jax.evaluate").evaluate_checkpoint)()
+    run = gin.get_configurable(importlib.import_module("flan_jax.evaluate").evaluate_checkpoint)
+    run(suite=suite) if suite is not None else run()
     return 0
 
 

@@ -49,8 +49,22 @@ def test_eval_sets_have_readme_counts():
         "mmlu": 14042,
         "bbh": 6511,
         "gsm8k_test": 1319,
+        "mgsm": 11 * 250,
     }
     assert sets["gsm8k_test"][0].startswith(GSM8K_Q0)
+    assert sets["mgsm"][0].startswith("জেনেটের হাঁসগুলি")  # bn, the first file in name order
+
+
+@needs_data
+def test_translated_mgsm_questions_are_found_in_every_script():
+    sets = decontaminate.load_eval_sets()
+    index = decontaminate.EvalIndex({"mgsm": sets["mgsm"]})
+    for i in (3, 1253, 2503):  # bn, ja, zh: Bengali words, kana/kanji and Chinese characters
+        planted = "Translate to English: " + sets["mgsm"][i]
+        assert index.match(planted)[:2] == ("mgsm", i)
+    # an MGSM exemplar (not a test problem) in Chinese: no match
+    exemplar = "罗杰有 5 个网球。他又买了 2 罐网球。每罐有 3 个网球。他现在有多少个网球？"
+    assert index.match(exemplar) is None
 
 
 @needs_data

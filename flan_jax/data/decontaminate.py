@@ -1,9 +1,11 @@
 """Decontamination: normalised-text n-gram overlap between evaluation sets and a training mixture.
 
-Evaluation sets are MMLU test, BBH and GSM8K test (from $FLAN_JAX_DATA_DIR) plus, for a held-out
+Evaluation sets are MMLU test, BBH, GSM8K test and MGSM (GSM8K test problems in 11 languages)
+(from $FLAN_JAX_DATA_DIR) plus, for a held-out
 mixture `<name>_minus_<cluster>`, the validation/test splits of that cluster's tasks. A training
 example is contaminated when it holds at least half of an evaluation example's n-grams (default
-13 words, after lower-casing and dropping punctuation); a text shorter than n words is one n-gram.
+13 words, after lower-casing and dropping punctuation; a CJK or Thai character, written without
+spaces, counts as a word); a text shorter than n words is one n-gram.
 
 Example: eval "Natalia sold clips to 48 of her friends in April" and train "NATALIA sold clips,
 to 48 of her friends in April!" normalise to the same words: with n=8 they share all 3 of the
@@ -22,12 +24,19 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 DEFAULT_N = 13
-_WORD = re.compile(r"[a-z0-9]+")
+# Scripts written without spaces between words (kana, CJK ideographs, Thai): one word a character.
+_UNSPACED = "\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff"
+# Indic vowel signs and combining accents are not `\w` but belong inside a word (not the danda).
+_MARKS = "\u0300-\u036f\u0900-\u0963\u0966-\u0dff"
+_WORD = re.compile(f"[{_UNSPACED}]|(?:[^\\W_{_UNSPACED}]|[{_MARKS}])+")
+_ASCII_WORD = re.compile(r"[a-z0-9]+")  # the same words for ASCII text, twice as fast
 
 
 def normalize(text: str) -> list[str]:
-    """Lower-cased alphanumeric words: "It's 4:30, Bob!" -> ["it", "s", "4", "30", "bob"]."""
-    return _WORD.findall(text.lower())
+    """Lower-cased alphanumeric words: "It's 4:30, Bob!" -> ["it", "s", "4", "30", "bob"];
+    "Éte 罗杰有" -> ["éte", "罗", "杰", "有"]."""
+    text = text.lower()
+    return (_ASCII_WORD if text.isascii() else _WORD).findall(text)
 
 
 def ngrams(text: str, n: int = DEFAULT_N) -> set[tuple[str, ...]]:
@@ -137,9 +146,9 @@ def _data_dir(data_dir: str | os.PathLike | None) -> pathlib.Path:
 
 
 def load_eval_sets(data_dir: str | os.PathLike | None = None) -> dict[str, list[str]]:
-    """MMLU test (question + choices), BBH inputs, GSM8K test questions, as plain texts."""
+    """MMLU test (question + choices), BBH inputs, GSM8K test and MGSM questions, as texts."""
     root = _data_dir(data_dir)
-    sets: dict[str, list[str]] = {"mmlu": [], "bbh": [], "gsm8k_test": []}
+    sets: dict[str, list[str]] = {"mmlu": [], "bbh": [], "gsm8k_test": [], "mgsm": []}
     for path in sorted((root / "mmlu/data/mmlu/test").glob("*.csv")):
         with open(path, encoding="utf-8", newline="") as f:
             for row in csv.DictReader(f):
@@ -150,6 +159,9 @@ def load_eval_sets(data_dir: str | os.PathLike | None = None) -> dict[str, list[
             sets["bbh"] += [ex["input"] for ex in json.load(f)["examples"]]
     with open(root / "gsm8k/grade_school_math/data/test.jsonl", encoding="utf-8") as f:
         sets["gsm8k_test"] = [json.loads(line)["question"] for line in f if line.strip()]
+    for path in sorted((root / "mgsm").glob("mgsm_*.tsv")):  # 11 languages x 250 problems
+        with open(path, encoding="utf-8") as f:
+            sets["mgsm"] += [line.split("\t", 1)[0] for line in f if line.strip()]
     return sets
 
 
@@ -160,7 +172,7 @@ def _default_index() -> EvalIndex:
 
 def drop_eval_overlaps(example: Mapping[str, object]) -> Mapping[str, object] | None:
     """Task preprocessor (`preprocessor: "flan_jax.data.decontaminate:drop_eval_overlaps"`):
-    drops a training example that holds an evaluation example (MMLU test, BBH, GSM8K test)
+    drops a training example that holds an evaluation example (MMLU test, BBH, GSM8K test, MGSM)
     by the same rule `check_mixture` reports, so a shipped mixture stays clean.
     """
     text = " ".join(v for v in example.values() if isinstance(v, str))

@@ -9,6 +9,7 @@ from flan_jax.metrics.postprocessors import (
     get_postprocessor,
     gsm8k_answer,
     majority_vote,
+    mgsm_answer,
     normalize_number,
 )
 from flan_jax.metrics.scores import (
@@ -40,6 +41,7 @@ __all__ = [
     "gsm8k_answer",
     "majority_vote",
     "mean",
+    "mgsm_answer",
     "normalize_number",
     "normalize_squad",
     "rouge",

@@ -105,6 +105,61 @@ def majority_vote(answers: Sequence[str]) -> str:
     return next(a for a in answers if counts[a] == best)
 
 
+# ----------------------------------------------------------------------------- MGSM
+
+# Each language's "The answer is", as MGSM's translated exemplars end their chains. Telugu's
+# word also opens the answer cue "దశలవారీగా సమాధానం:", hence its colon guard.
+MGSM_ANSWER_MARKERS = {
+    "en": r"the answer is",
+    "es": r"la respuesta es",
+    "fr": r"la réponse est",
+    "de": r"die antwort (?:ist|lautet)",
+    "ru": r"ответ\s*[—:–-]",
+    "zh": r"答案是",
+    "ja": r"答えは",
+    "th": r"คำตอบคือ",
+    "sw": r"jibu ni",
+    "bn": r"উত্তর হল",
+    "te": r"సమాధానం(?!\s*[:：])",
+}
+_MGSM_MARKER = re.compile("|".join(MGSM_ANSWER_MARKERS.values()), re.IGNORECASE)
+# Decimal digits of scripts a model may answer in: Devanagari, Bengali, Telugu, Thai,
+# Arabic-Indic, extended Arabic-Indic and full-width.
+_DIGIT_ZEROS = (0x0966, 0x09E6, 0x0C66, 0x0E50, 0x0660, 0x06F0, 0xFF10)
+_TO_ASCII_DIGITS = str.maketrans({chr(z + i): str(i) for z in _DIGIT_ZEROS for i in range(10)})
+# A separator followed by exactly three digits groups thousands ("2,125", "2.125", "2 125"
+# with a no-break or thin space); another "." or "," is the decimal point ("3,5" -> 3.5).
+# MGSM answers are whole numbers (or cents), so this reading holds in every language.
+_GROUPED_NUMBER = re.compile(
+    r"(?<![\d.,])(-?\d+)((?:[,.\u00a0\u202f\u2009']\d{3}(?!\d))*)(?:[.,](\d+))?"
+)
+
+
+def _canonical(match: re.Match) -> str:
+    number = match.group(1) + re.sub(r"\D", "", match.group(2))
+    fraction = (match.group(3) or "").rstrip("0")
+    number = f"{number}.{fraction}" if fraction else number
+    return "0" if number == "-0" else number
+
+
+def mgsm_answer(text: str, example: Any = None, is_target: bool = False) -> str:
+    """The answer of a chain of thought in any MGSM language, as a canonical number.
+
+    The first number after the first answer marker ("The answer is", "答案是", "Jibu ni", ...),
+    else the last number of the text; native digits read as ASCII, thousands separators
+    dropped: "... উত্তর হল ১১।" -> "11"; "Die Antwort lautet 2.125." -> "2125";
+    "答えは39個です。" -> "39". Returns the stripped text when it holds no number.
+    """
+    text = text.translate(_TO_ASCII_DIGITS)
+    marker = _MGSM_MARKER.search(text)
+    if marker:
+        found = _GROUPED_NUMBER.search(text, marker.end())
+        if found:
+            return _canonical(found)
+    numbers = list(_GROUPED_NUMBER.finditer(text))
+    return _canonical(numbers[-1]) if numbers else text.strip()
+
+
 POSTPROCESSORS = {
     "first_line": first_line,
     "first_word": first_word,
@@ -112,6 +167,7 @@ POSTPROCESSORS = {
     "gsm8k_answer": gsm8k_answer,
     "choice_letter": choice_letter,
     "bbh_answer": bbh_answer,
+    "mgsm_answer": mgsm_answer,
 }
 
 
