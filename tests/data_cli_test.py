@@ -29,7 +29,7 @@ def test_tasks_list_by_cluster(capsys):
     assert code == 0
     assert out.splitlines() == ["capitals\tgeography\tzs_noopt,fs_noopt\tjsonl"]
     code, _, err = run(capsys, "tasks", "list", "--cluster", "geograpy", "--specs", EXAMPLE)
-    assert code == 1 and "unknown cluster 'geograpy'; closest: ['geography']" in err
+    assert code == 2 and "unknown cluster 'geograpy'; closest: ['geography']" in err
 
 
 def test_tasks_show_prints_rendered_examples_and_token_counts(capsys):
@@ -63,7 +63,7 @@ def test_tasks_show_prints_rendered_examples_and_token_counts(capsys):
         "Rome",
     ]
     code, _, err = run(capsys, "tasks", "show", "capitalz", "--specs", EXAMPLE)
-    assert code == 1 and "unknown task 'capitalz'; closest: ['capitals'" in err
+    assert code == 2 and "unknown task 'capitalz'; closest: ['capitals'" in err
 
 
 def parse_table(out: str) -> dict[str, list[str]]:
