@@ -146,6 +146,7 @@ def parse(
 
     `parser` is `make_parser(prog)` with an entry point's own flags added (default: as is).
     """
+    gin.clear_config()  # an in-process second run (tests, notebooks) starts from nothing
     rest, macro_flags = split_gin_flags(argv)
     args = (parser or make_parser(prog)).parse_args(rest)
     if not args.gin_file:
