@@ -183,14 +183,14 @@ def parse_gin(
             gin.parse_config_file(path)
         except (ValueError, SyntaxError, KeyError, OSError) as e:
             raise gin_errors.parse_file_error(f, e) from None
-    for flag, binding in [*bindings, *macro_flags]:
-        gin_errors.parse_binding(flag, binding)
     macros = [(flag, b.split("=", 1)[0].strip()) for flag, b in macro_flags]
-    gin_errors.check_macros(
+    gin_errors.check_macros(  # a misspelt name first: its value may be fine
         [(flag, name) for flag, name in macros if "." not in name and "/" not in name],
         list(gin_errors.loaded_texts(files, paths, _find)),
         [b for _, b in [*bindings, *macro_flags]],
     )
+    for flag, binding in [*bindings, *macro_flags]:
+        gin_errors.parse_binding(flag, binding)
 
 
 def compilation_cache_dir(

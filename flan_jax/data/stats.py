@@ -7,12 +7,13 @@ token lengths need examples and are left empty for tasks whose data is not prese
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
 import seqio
 
-from flan_jax.data import mixtures, task_examples, tasks
+from flan_jax.data import formats, mixtures, task_examples, tasks
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -194,31 +195,17 @@ def truncation_warnings(
 ) -> list[str]:
     """Warnings for features whose length cuts more than 2% of `sample` mixture examples.
 
-    Example: 10% of targets longer than 32 -> ["TASK_FEATURE_LENGTHS['targets'] = 32 truncates
-    10.0% of 300 sampled 'm' targets (p99 70 tokens); consider 128"] (hypothetical numbers).
-    Few-shot inputs are measured after exemplar pruning, as training sees them.
+    Example: ["TASK_FEATURE_LENGTHS['targets'] = 8 truncates 33.3% of 300 sampled 'flan_tiny'
+    targets (p99 68 tokens); consider 128"]. Examples are drawn per task in proportion to its
+    mixture rate and rendered in Python (building the seqio mixture would cost as much as the
+    training pipeline); a few-shot input counts without its exemplars, which are pruned to fit.
+    Tasks not built from a spec (benchmarks) are skipped.
     """
-    mt = seqio.get_mixture_or_task(name)
-    lengths = dict(feature_lengths)
-    extra = {}
-    if isinstance(mt, seqio.Mixture):  # keep the text, quietly
-        extra = dict(copy_pretokenized=True, log_mixing_proportions=False)
-    ds = mt.get_dataset(
-        lengths, split=split, shuffle=True, seed=0, trim_output_features=False, **extra
-    )
-    measured: dict[str, list[int]] = {k: [] for k in ("inputs", "targets") if k in lengths}
-    for ex in ds.take(sample).as_numpy_iterator():
-        for key, values in measured.items():
-            text = ex.get(f"{key}_pretokenized")
-            if text is None:  # no text kept: the tokens (EOS included, possibly trimmed)
-                values.append(len(ex[key]))
-                continue
-            vocab = mt.output_features[key].vocabulary
-            values.append(len(vocab.encode(text.decode())) + 1)  # + EOS
+    measured = sampled_lengths(name, split, sample)
     out = []
-    for key, values in measured.items():
-        array, limit = np.asarray(values, np.int64), lengths[key]
-        share = float((array > limit).mean()) if array.size else 0.0
+    for key, array in measured.items():
+        limit = feature_lengths.get(key)
+        share = float((array > limit).mean()) if array.size and limit else 0.0
         if share > TRUNCATION_WARN:
             out.append(
                 f"TASK_FEATURE_LENGTHS[{key!r}] = {limit} truncates {share:.1%} of {array.size} "
@@ -226,6 +213,32 @@ def truncation_warnings(
                 f"{suggested_length(array)}"
             )
     return out
+
+
+def sampled_lengths(name: str, split: str = "train", sample: int = 300) -> dict[str, np.ndarray]:
+    """Token lengths (with EOS) of about `sample` examples, each task's share by its rate."""
+    if name in mixtures.registered_mixtures():
+        rates = mixtures.mixture_rates(name)
+    else:
+        rates = {name: 1.0}
+    total = sum(rates.values()) or 1.0
+    lengths: dict[str, list[int]] = {"inputs": [], "targets": []}
+    for task, rate in rates.items():
+        try:
+            spec = tasks.get_task_spec(task)
+        except ValueError:  # not from a spec: its own seqio pipeline, not sampled here
+            continue
+        count = max(1, round(sample * rate / total))
+        fmt = task[len(spec.name) + 1 :]
+        settings = spec.render_settings(fmt)
+        features = seqio.get_mixture_or_task(task).output_features
+        examples = itertools.islice(task_examples.iter_prepared(spec, split), count)
+        for i, ex in enumerate(examples):
+            rendered = formats.render_example(ex, i, split, settings)
+            inputs = rendered.query if rendered.shots or rendered.query else rendered.inputs
+            for key, text in (("inputs", inputs), ("targets", rendered.targets)):
+                lengths[key].append(len(features[key].vocabulary.encode(text)) + 1)
+    return {k: np.asarray(v, np.int64) for k, v in lengths.items()}
 
 
 def check_vocabulary(name: str, embedding_size: int) -> None:
