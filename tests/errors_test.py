@@ -56,6 +56,11 @@ def test_unknown_gin_file_lists_closest_names(capsys):
     assert "'test/tiny_decoder.gin'" in err  # the same name in a folder of the search path
 
 
+def test_generate_without_a_run_folder(capsys, tmp_path):
+    err = fails(capsys, "generate", "--model_dir", str(tmp_path / "nothing"), "Hello")
+    assert err.startswith("flan-jax generate: ") and str(tmp_path / "nothing") in err
+
+
 def test_unused_macro_is_an_error_with_close_names(capsys, tmp_path):
     err = fails(capsys, *train_args(tmp_path, "--gin.BATCH_SIZ=4"))
     assert "--gin.BATCH_SIZ=4: no loaded gin file defines or uses macro 'BATCH_SIZ'" in err
