@@ -22,6 +22,11 @@ COMMANDS = {
     "report": "flan_jax.report",
 }
 PASS_SUBCOMMAND = ("tasks", "mixture")  # flan_jax.data.cli parses these words itself
+# What bad input raises (flags, gin, specs, data files, names): reported in two lines, exit 2.
+# The library raises these with messages that name the value and the fix; a bug deep in
+# JAX/TF raises other types and keeps its traceback.
+BAD_INPUT = (ValueError, FileNotFoundError, SyntaxError, KeyError)
+TRACEBACK_ENV = "FLAN_JAX_TRACEBACK"
 # TensorFlow/absl/XLA start-up lines that say nothing to a user.
 NOISE = (
     "WARNING: All log messages before absl::InitializeLog()",
@@ -115,8 +120,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         filter_native_stderr()
     quiet_tensorflow()
     module = importlib.import_module(COMMANDS[command])
-    result = module.main(argv if command in PASS_SUBCOMMAND else rest)
+    try:
+        result = module.main(argv if command in PASS_SUBCOMMAND else rest)
+    except BAD_INPUT as e:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"flan-jax {command}: error: {short_message(e)}", file=sys.stderr)
+        print(f"(set {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
+        return 2
     return int(result or 0)
+
+
+def short_message(error: BaseException) -> str:
+    """An exception's message without gin's appended "In call to configurable ..." lines."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        if line.lstrip().startswith(("In call to configurable", "In bindings string", "In file")):
+            break
+        kept.append(line.strip())
+    return " ".join(kept[:2]) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import jax
 
 import gin
-from flan_jax import specs
+from flan_jax import gin_errors, specs
 from gin import config as gin_config
 from gin import resource_reader
 
@@ -90,14 +90,20 @@ def add_compilation_cache_flag(p: argparse.ArgumentParser) -> None:
 
 def split_gin_macros(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Separates `--gin.NAME=VALUE` (T5X's form) into bindings `NAME = VALUE`."""
-    rest, bindings = [], []
+    rest, flags = split_gin_flags(argv)
+    return rest, [binding for _, binding in flags]
+
+
+def split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Like split_gin_macros, keeping each binding's flag: [("--gin.NAME=VALUE", binding)]."""
+    rest, flags = [], []
     for arg in argv:
         m = re.fullmatch(r"--gin\.([^=]+)=(.*)", arg, re.S)
         if m:
-            bindings.append(f"{m.group(1)} = {m.group(2)}")
+            flags.append((arg, f"{m.group(1)} = {m.group(2)}"))
         else:
             rest.append(arg)
-    return rest, bindings
+    return rest, flags
 
 
 def search_paths(extra: Sequence[str] = ()) -> list[str]:
@@ -112,7 +118,7 @@ def _find(path: str, paths: Sequence[str]) -> str:
         candidate = os.path.join(root, path)
         if os.path.exists(candidate):
             return candidate
-    raise FileNotFoundError(f"gin file {path!r} not found in {list(paths)}")
+    raise gin_errors.unknown_file_error(path, paths)
 
 
 def required_macros(files: Sequence[str], paths: Sequence[str]) -> list[str]:
@@ -140,27 +146,51 @@ def parse(
 
     `parser` is `make_parser(prog)` with an entry point's own flags added (default: as is).
     """
-    rest, macro_bindings = split_gin_macros(argv)
+    gin.clear_config()  # an in-process second run (tests, notebooks) starts from nothing
+    rest, macro_flags = split_gin_flags(argv)
     args = (parser or make_parser(prog)).parse_args(rest)
     if not args.gin_file:
-        raise SystemExit(
-            f"{prog}: give at least one --gin_file (e.g. --gin_file=runs/finetune.gin)"
-        )
+        raise ValueError("give at least one --gin_file (e.g. --gin_file=runs/finetune.gin)")
     paths = search_paths(args.gin_search_path)
     for p in paths:
         gin.add_config_file_search_path(p)
-    gin.parse_config_files_and_bindings(
-        [_find(f, paths) for f in args.gin_file],
-        [*args.gin_bindings, *macro_bindings],
-        finalize_config=False,
+    parse_gin(
+        args.gin_file, [(f"--gin_bindings={b}", b) for b in args.gin_bindings], macro_flags, paths
     )
     missing = missing_macros(required_macros(args.gin_file, paths))
     if missing:
-        raise SystemExit(
-            f"{prog}: required gin macro(s) {missing} not set; pass e.g. "
+        raise ValueError(
+            f"required gin macro(s) {missing} not set; pass e.g. "
             + " ".join(f"--gin.{n}=..." for n in missing)
         )
     return args
+
+
+def parse_gin(
+    files: Sequence[str],
+    bindings: Sequence[tuple[str, str]],
+    macro_flags: Sequence[tuple[str, str]],
+    paths: Sequence[str],
+) -> None:
+    """Parses gin files, then bindings one at a time, so that an error names its flag.
+
+    `bindings` and `macro_flags` are [(flag as typed, gin binding)]; a `--gin.NAME=...` macro
+    that no loaded file defines or uses is an error (see gin_errors.check_macros).
+    """
+    for f in files:
+        path = _find(f, paths)
+        try:
+            gin.parse_config_file(path)
+        except (ValueError, SyntaxError, KeyError, OSError) as e:
+            raise gin_errors.parse_file_error(f, e) from None
+    macros = [(flag, b.split("=", 1)[0].strip()) for flag, b in macro_flags]
+    gin_errors.check_macros(  # a misspelt name first: its value may be fine
+        [(flag, name) for flag, name in macros if "." not in name and "/" not in name],
+        list(gin_errors.loaded_texts(files, paths, _find)),
+        [b for _, b in [*bindings, *macro_flags]],
+    )
+    for flag, binding in [*bindings, *macro_flags]:
+        gin_errors.parse_binding(flag, binding)
 
 
 def compilation_cache_dir(

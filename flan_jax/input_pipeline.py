@@ -78,15 +78,18 @@ def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
     """The registered task or mixture; unknown names list the closest registered ones."""
     try:
         return seqio.get_mixture_or_task(name)
-    except ValueError as e:
+    except ValueError:
         import difflib
 
         names = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        from flan_jax.data import tasks  # noqa: PLC0415
+
         raise ValueError(
-            f"MIXTURE_OR_TASK_NAME {name!r} is not registered; closest: {close}. "
-            "Set MIXTURE_OR_TASK_MODULE to the module that registers it (e.g. 'flan_jax.registry')"
-        ) from e
+            f"MIXTURE_OR_TASK_NAME {name!r} is not registered (closest: {close}); "
+            f"{tasks.specs_hint(name)}, or set MIXTURE_OR_TASK_MODULE to the module that "
+            "registers it (e.g. 'flan_jax.registry')"
+        ) from None
 
 
 def model_input_shapes(

@@ -316,8 +316,8 @@ class EncoderDecoderModel(BaseModel):
 class DecoderOnlyModel(BaseModel):
     """Causal LM, or prefix LM with `inputs_bidirectional_attention` (T5X's DecoderOnlyModel).
 
-    Prediction left-aligns each prompt (`decoder_input_tokens` where
-    `decoder_causal_attention` is 1; just the BOS without it) to the right edge of a
+    Prediction moves each prompt (`decoder_input_tokens` where `decoder_causal_attention` is
+    1, right- or left-padded; just the BOS without it) to the right edge of a
     [batch, prompt_length] buffer, prefills the KV cache with it, then decodes.
     """
 
@@ -368,12 +368,16 @@ class DecoderOnlyModel(BaseModel):
         tokens = batch["decoder_input_tokens"]
         batch_size, prompt_len = tokens.shape
         if "decoder_causal_attention" in batch:
-            lengths = jnp.sum(batch["decoder_causal_attention"] > 0, axis=-1).astype(jnp.int32)
+            in_prompt = batch["decoder_causal_attention"] > 0
         else:
-            lengths = jnp.ones((batch_size,), jnp.int32)
+            in_prompt = jnp.arange(prompt_len)[None, :] < 1  # the BOS alone
+        lengths = jnp.sum(in_prompt, axis=-1).astype(jnp.int32)
+        # The prompt's slots in order, wherever they are (right- or left-padded prompts):
+        # a stable sort puts the marked slots first.
+        order = jnp.argsort(jnp.where(in_prompt, 0, 1), axis=-1, stable=True)
         offset = prompt_len - lengths  # left padding per row
         slots = jnp.arange(prompt_len)[None, :]
-        src = jnp.clip(slots - offset[:, None], 0, prompt_len - 1)
+        src = jnp.take_along_axis(order, jnp.clip(slots - offset[:, None], 0, prompt_len - 1), 1)
         valid = slots >= offset[:, None]
         prompt = jnp.where(valid, jnp.take_along_axis(tokens, src, axis=1), 0)
         positions = jnp.where(valid, slots - offset[:, None], 0)

@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -187,6 +188,22 @@ def _validate(mesh: Mesh, data: DataConfig, step: StepConfig) -> None:
     partitioning.validate_batch_size(data.batch_size, mesh, step.num_microbatches)
 
 
+def _check_data(model, data: DataConfig, sample: int) -> None:
+    """Before compiling: the vocabulary fits the embedding; warns when the feature lengths
+    cut more than 2% of `sample` examples (with a suggested length)."""
+    from flan_jax.data import stats  # noqa: PLC0415
+
+    name = data.mixture_or_task_name
+    input_pipeline.get_mixture_or_task(name)  # an unknown name fails here, with its fix
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab_size is not None:
+        stats.check_vocabulary(name, vocab_size)
+    if sample and jax.process_index() == 0:
+        lengths = data.task_feature_lengths
+        for warning in stats.truncation_warnings(name, lengths, split=data.split, sample=sample):
+            print(f"flan-jax train: warning: {warning}", file=sys.stderr, flush=True)
+
+
 def format_memory_report(report: dict, mesh: Mesh) -> str:
     """The `--precompile` table: MiB and exact bytes per device, then FLOPs per step.
 
@@ -233,6 +250,7 @@ def train(
     if mixture_or_task_module:
         importlib.import_module(mixture_or_task_module)
     _validate(mesh, data, step_config)
+    _check_data(model, data, sample=0 if precompile else 300)
     converter = input_pipeline.make_converter(model.feature_converter_cls, data)
     shapes = input_pipeline.model_input_shapes(data, converter)
     tx = optimizer.make_optimizer(optimizer_config)

@@ -1,6 +1,7 @@
 """`flan-jax tasks ...` / `flan-jax mixture ...` through flan_jax.cli.main, and the
 docs/adding_a_task.md walkthrough followed literally."""
 
+import json
 import pathlib
 import re
 import shlex
@@ -11,6 +12,7 @@ from flan_jax import cli
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLE = str(REPO / "examples" / "my_task")
+MC_SECTION = "## Multiple-choice data from a file"
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -29,7 +31,7 @@ def test_tasks_list_by_cluster(capsys):
     assert code == 0
     assert out.splitlines() == ["capitals\tgeography\tzs_noopt,fs_noopt\tjsonl"]
     code, _, err = run(capsys, "tasks", "list", "--cluster", "geograpy", "--specs", EXAMPLE)
-    assert code == 1 and "unknown cluster 'geograpy'; closest: ['geography']" in err
+    assert code == 2 and "unknown cluster 'geograpy'; closest: ['geography']" in err
 
 
 def test_tasks_show_prints_rendered_examples_and_token_counts(capsys):
@@ -63,7 +65,7 @@ def test_tasks_show_prints_rendered_examples_and_token_counts(capsys):
         "Rome",
     ]
     code, _, err = run(capsys, "tasks", "show", "capitalz", "--specs", EXAMPLE)
-    assert code == 1 and "unknown task 'capitalz'; closest: ['capitals'" in err
+    assert code == 2 and "unknown task 'capitalz'; closest: ['capitals'" in err
 
 
 def parse_table(out: str) -> dict[str, list[str]]:
@@ -149,7 +151,7 @@ def test_mixture_stats_flan2021_without_the_data(capsys, monkeypatch, tmp_path):
 def test_adding_a_task_walkthrough(capsys, monkeypatch):
     """Runs the shell and Python blocks of docs/adding_a_task.md as written."""
     monkeypatch.chdir(REPO)
-    doc = (REPO / "docs" / "adding_a_task.md").read_text()
+    doc = (REPO / "docs" / "adding_a_task.md").read_text().split(MC_SECTION)[0]
     shell = re.findall(r"```sh\n(.*?)```", doc, re.S)
     commands = [shlex.split(line) for block in shell for line in block.splitlines() if line]
     assert [c[:3] for c in commands] == [
@@ -166,6 +168,72 @@ def test_adding_a_task_walkthrough(capsys, monkeypatch):
     batch = next(scope["ds"].as_numpy_iterator())
     assert batch["encoder_input_tokens"].shape == (512,)
     assert batch["decoder_segment_ids"].max() >= 1
+
+
+def _doc_commands(text: str) -> list[list[str]]:
+    """The lines of a doc's ```sh blocks, backslash continuations joined, split like a shell."""
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
+    joined = "\n".join(blocks).replace("\\\n", " ")
+    return [shlex.split(line) for line in joined.splitlines() if line.strip()]
+
+
+def test_multiple_choice_walkthrough(capsys, monkeypatch, tmp_path):
+    """docs/adding_a_task.md "Multiple-choice data from a file": its files, written as shown,
+    and its commands run as written (train and eval at 2 steps, MODEL_DIR in tmp_path)."""
+    import gin
+    from flan_jax.data import tasks
+
+    section = (REPO / "docs" / "adding_a_task.md").read_text().split(MC_SECTION)[1]
+    files = re.findall(r"`(my_quiz/[\w.]+)`[^`]*?:\n\n```\w+\n(.*?)```", section, re.S)
+    assert [name for name, _ in files] == [
+        "my_quiz/quiz.jsonl",
+        "my_quiz/quiz.yaml",
+        "my_quiz/quiz_prep.py",
+    ]
+    for name, text in files:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.chdir(tmp_path)
+    commands = _doc_commands(section)
+    assert [c[:2] for c in commands] == [
+        ["flan-jax", "tasks"],
+        ["export", "FLAN_JAX_SPECS=my_quiz"],
+        ["flan-jax", "train"],
+        ["flan-jax", "eval"],
+    ]
+    try:
+        code, out, err = run(capsys, *commands[0][1:])
+        assert code == 0, err
+        spec = tasks.get_task_spec("quiz")
+        train, validation = (
+            tasks.get_examples(spec, "train"),
+            tasks.get_examples(spec, "validation"),
+        )
+        questions = [ex["question"] for ex in train + validation]
+        assert (len(train), len(validation)) == (8, 2) and len(set(questions)) == 10
+        assert "Which gas do plants take in?" in questions  # the preprocessor beside the spec
+        gold = {ex["question"]: ex["answer"] for ex in train + validation}
+        assert gold["Which planet is closest to the sun?"] == "Mercury"  # choices[gold]
+        first = validation[0]
+        assert f"{first['question']}\n\nOPTIONS:\n- " + "\n- ".join(first["choices"]) in out
+        monkeypatch.setenv(*commands[1][1].split("=", 1))
+        model_dir = f"--gin.MODEL_DIR='{tmp_path / 'runs' / 'quiz'}'"
+        gin.clear_config()
+        code, _, err = run(capsys, *commands[2][1:], "--gin.TRAIN_STEPS=2", model_dir)
+        assert code == 0, err
+        gin.clear_config()
+        code, out, err = run(
+            capsys,
+            *commands[3][1:],
+            model_dir,
+            f"--gin.CHECKPOINT_PATH='{tmp_path / 'runs' / 'quiz'}'",
+        )
+        assert code == 0, err
+        lines = (tmp_path / "runs" / "quiz" / "eval" / "2" / "quiz_zs_opt.jsonl").read_text()
+        records = [json.loads(line) for line in lines.splitlines()]
+        assert sorted(r["target"] for r in records) == sorted(ex["answer"] for ex in validation)
+    finally:
+        tasks.unregister_task_spec("quiz")
 
 
 def test_registry_registers_shipped_specs_idempotently(monkeypatch):

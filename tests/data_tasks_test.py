@@ -330,3 +330,38 @@ def test_host_shards_are_disjoint_and_cover_the_split(registered):
     shards = [texts(seqio.ShardInfo(index=i, num_shards=2)) for i in range(2)]
     assert len(shards[0]) == len(shards[1]) == 3
     assert sorted(shards[0] + shards[1]) == sorted(full)
+
+
+def test_split_ratio_cuts_one_file_deterministically_disjoint_and_exact():
+    ratio = {"train": 0.7, "validation": 0.2, "test": 0.1}
+    assert sources.split_sizes(11, ratio) == {"train": 8, "validation": 2, "test": 1}
+    assert sources.split_sizes(100, ratio) == {"train": 70, "validation": 20, "test": 10}
+    cut = {s: sources.ratio_split_indices(11, ratio, 3, s) for s in ratio}
+    assert sorted(i for part in cut.values() for i in part) == list(range(11))
+    assert cut == {s: sources.ratio_split_indices(11, ratio, 3, s) for s in ratio}
+    assert cut != {s: sources.ratio_split_indices(11, ratio, 4, s) for s in ratio}
+    with pytest.raises(ValueError, match=r"summing to 1"):
+        sources.source_from_dict(
+            {"type": "jsonl", "splits": "a.jsonl", "split_ratio": {"train": 0.9, "dev": 0.2}}
+        )
+
+
+def test_answer_index_out_of_range_names_the_example(tmp_path):
+    (tmp_path / "mc.jsonl").write_text(
+        '{"q": "a?", "c": ["x", "y"], "g": 1}\n{"q": "b?", "c": ["x", "y"], "g": 2}\n'
+    )
+    spec = tasks.load_task_spec(
+        {
+            "name": "mc_index",
+            "cluster": "x",
+            "source": {"type": "jsonl", "splits": {"train": str(tmp_path / "mc.jsonl")}},
+            "fields": {"question": "q", "choices": "c", "answer": "g"},
+            "options_field": "choices",
+            "answer_index": True,
+            "templates": [{"inputs": "{question}", "targets": "{answer}"}],
+        }
+    )
+    rows = task_examples.iter_prepared(spec, "train")
+    assert next(rows) == {"question": "a?", "choices": ["x", "y"], "answer": "y"}
+    with pytest.raises(ValueError, match=r"example 1: answer index 2 is out of range"):
+        next(rows)

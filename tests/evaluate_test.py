@@ -350,7 +350,7 @@ def test_main_evaluates_a_trainer_checkpoint_and_writes_every_output(tmp_path, c
 
 
 def test_main_names_missing_required_macros():
-    with pytest.raises(SystemExit, match=r"CHECKPOINT_PATH.*not set"):
+    with pytest.raises(ValueError, match=r"CHECKPOINT_PATH.*not set"):
         evaluate.main(["--gin_file=test/tiny_t5.gin", "--gin_file=runs/eval.gin"])
 
 

@@ -61,7 +61,7 @@ def test_missing_macro_fails_naming_it():
     missing = (
         "['MIXTURE_OR_TASK_NAME', 'TASK_FEATURE_LENGTHS', 'TRAIN_STEPS', 'INITIAL_CHECKPOINT_PATH']"
     )
-    with pytest.raises(SystemExit, match=re.escape(missing)):
+    with pytest.raises(ValueError, match=re.escape(missing)):
         gin_flags.parse(argv, "flan-jax train")
 
 

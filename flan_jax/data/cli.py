@@ -86,6 +86,16 @@ def show_task(name: str, fmt: str | None, n: int, split: str) -> None:
         print(ex["targets_pretokenized"].decode())
 
 
+def _check_known(name: str, kind: str) -> None:
+    """An unknown name lists the closest ones and how to register its spec folder."""
+    known = set(seqio.TaskRegistry.names()) | set(tasks.registered_specs())
+    if kind != "task":
+        known |= set(seqio.MixtureRegistry.names())
+    if name not in known:
+        error = tasks.unknown_name_error(kind, name, sorted(known))
+        raise ValueError(f"{error}; {tasks.specs_hint(name, flag='--specs')}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point for `flan-jax tasks ...` and `flan-jax mixture ...`; returns an exit code."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -94,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for root in args.specs:
             registry.register_dir(root)
+        if getattr(args, "name", None) is not None:
+            _check_known(args.name, "task" if args.group == "tasks" else "mixture or task")
         if args.group == "tasks" and args.command == "list":
             list_tasks(args.cluster)
         elif args.group == "tasks":
@@ -110,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(decontaminate.format_report(decontaminate.check_mixture(args.name)))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

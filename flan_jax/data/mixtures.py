@@ -147,8 +147,12 @@ def member_tasks(spec: MixtureSpec) -> list[str]:
 def task_rate(task_name: str, cap: int, temperature: float = 1.0) -> float:
     """min(num train examples, cap) ** (1 / temperature) (recorded counts without the data)."""
     try:
-        n = tasks_lib.count_examples(tasks_lib.get_task_spec(task_name), "train")
-    except ValueError:
+        spec = tasks_lib.get_task_spec(task_name)
+    except ValueError:  # a plain seqio task: its own recorded size
+        spec = None
+    if spec is not None:  # a malformed data file fails here, naming the file and line
+        n = tasks_lib.count_examples(spec, "train")
+    else:
         n = seqio.get_mixture_or_task(task_name).num_input_examples("train")
         if n is None:
             raise ValueError(

@@ -9,9 +9,13 @@ import csv
 import dataclasses
 import functools
 import importlib
+import importlib.util
 import json
 import os
 import pathlib
+import random
+import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
@@ -36,6 +40,9 @@ class SourceSpec:
         args: keyword arguments for fn.
         columns: column names of a headerless TSV/CSV (else the first row is the header).
         delimiter: overrides "\\t" (tsv) or "," (csv).
+        split_ratio: split -> share of ONE file (`splits: path.jsonl`), e.g. {train: 0.9,
+            validation: 0.1}: a seeded shuffle cut into disjoint splits of exact sizes.
+        seed: the split_ratio shuffle's seed.
     """
 
     type: str
@@ -46,6 +53,8 @@ class SourceSpec:
     args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     columns: tuple[str, ...] | None = None
     delimiter: str | None = None
+    split_ratio: Mapping[str, float] | None = None
+    seed: int = 0
 
     def __post_init__(self):
         if self.type not in SOURCE_TYPES:
@@ -60,6 +69,49 @@ class SourceSpec:
             raise ValueError(f"`fn:` only applies to function sources, not {self.type!r}")
         if self.columns is not None and self.type not in ("tsv", "csv"):
             raise ValueError(f"`columns:` only applies to tsv/csv sources, not {self.type!r}")
+        if self.split_ratio is not None:
+            _check_split_ratio(self)
+
+
+def _check_split_ratio(spec: SourceSpec) -> None:
+    ratio = spec.split_ratio
+    if spec.type not in FILE_TYPES or len(set(spec.splits.values())) != 1:
+        raise ValueError(
+            "`split_ratio:` splits one file: give `splits: path.jsonl` (one path) with a "
+            f"jsonl/tsv/csv source; got {spec.type} splits {dict(spec.splits)}"
+        )
+    shares = list((ratio or {}).values())
+    if not shares or any(not 0 < v <= 1 for v in shares) or abs(sum(shares) - 1) > 1e-6:
+        raise ValueError(
+            f"split_ratio {dict(ratio)} must give each split a share in (0, 1] summing to 1, "
+            "e.g. {train: 0.9, validation: 0.1}"
+        )
+
+
+def split_sizes(n: int, ratio: Mapping[str, float]) -> dict[str, int]:
+    """Exact split sizes summing to n: floors, then the largest remainders get one more.
+
+    Example: n=11, {train: 0.9, validation: 0.1} -> {train: 10, validation: 1} (9.9 and 1.1
+    floor to 9 and 1; the one left goes to train, the larger remainder; ties: the first).
+    """
+    raw = {k: n * v for k, v in ratio.items()}
+    sizes = {k: int(v) for k, v in raw.items()}
+    by_remainder = sorted(ratio, key=lambda k: (-(raw[k] - sizes[k]), list(ratio).index(k)))
+    for k in by_remainder[: n - sum(sizes.values())]:
+        sizes[k] += 1
+    return sizes
+
+
+def ratio_split_indices(n: int, ratio: Mapping[str, float], seed: int, split: str) -> list[int]:
+    """The (sorted) example indices of `split` out of n: a seeded shuffle cut in order."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    start = 0
+    for name, size in split_sizes(n, ratio).items():
+        if name == split:
+            return sorted(order[start : start + size])
+        start += size
+    raise ValueError(f"split {split!r} is not in split_ratio {dict(ratio)}")
 
 
 def source_from_dict(data: Mapping[str, Any]) -> SourceSpec:
@@ -70,6 +122,10 @@ def source_from_dict(data: Mapping[str, Any]) -> SourceSpec:
     if unknown:
         raise ValueError(f"unknown source key {unknown[0]!r}; known keys: {sorted(known)}")
     splits = data.get("splits")
+    if data.get("split_ratio") is not None:
+        data["split_ratio"] = {str(k): float(v) for k, v in dict(data["split_ratio"]).items()}
+        if isinstance(splits, str):  # one file cut by ratio: every split reads it
+            splits = {k: splits for k in data["split_ratio"]}
     if splits is None and data.get("type") == "function":
         splits = DEFAULT_FUNCTION_SPLITS
     if isinstance(splits, (list, tuple)):
@@ -85,13 +141,17 @@ def relative_to(source: Any, base_dir: str | None) -> Any:
     """File paths in a spec's source that are relative resolve against the spec's folder."""
     if not base_dir or not isinstance(source, Mapping):
         return source
-    if source.get("type") not in FILE_TYPES or not isinstance(source.get("splits"), Mapping):
+    if source.get("type") not in FILE_TYPES:
         return source
-    splits = {
-        split: path if path.startswith(("$", "/", "~")) else str(pathlib.Path(base_dir) / path)
-        for split, path in source["splits"].items()
-    }
-    return dict(source, splits=splits)
+
+    def resolve(path: str) -> str:
+        return path if path.startswith(("$", "/", "~")) else str(pathlib.Path(base_dir) / path)
+
+    if isinstance(source.get("splits"), str):
+        return dict(source, splits=resolve(source["splits"]))
+    if not isinstance(source.get("splits"), Mapping):
+        return source
+    return dict(source, splits={split: resolve(p) for split, p in source["splits"].items()})
 
 
 def expand_path(path: str) -> pathlib.Path:
@@ -105,16 +165,43 @@ def expand_path(path: str) -> pathlib.Path:
     return pathlib.Path(os.path.expanduser(os.path.expandvars(path)))
 
 
-def resolve_function(ref: str) -> Callable[..., Any]:
-    """Imports "module:attr" and returns the attribute (a clear error when it is missing)."""
-    module_name, _, attr = ref.partition(":")
+def resolve_function(ref: str, base_dir: str | None = None) -> Callable[..., Any]:
+    """Imports "module:attr" (or "module.attr") and returns the attribute.
+
+    A module that does not import is looked up as `<module>.py` in `base_dir` (the spec's
+    folder), so a spec's preprocessor can live beside its YAML.
+    """
+    module_name, _, attr = ref.partition(":") if ":" in ref else ref.rpartition(".")
+    if not module_name or not attr:
+        raise ValueError(f"{ref!r} must name a module and a function: 'my_module.my_function'")
+    beside = pathlib.Path(base_dir or ".", *module_name.split(".")).with_suffix(".py")
     try:
-        module = importlib.import_module(module_name)
+        if base_dir and beside.is_file():
+            module = _import_file(beside)
+        else:
+            module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"cannot import module {module_name!r} of {ref!r}: {e}") from None
+        where = f" (nor is there {str(beside)!r})" if base_dir else ""
+        raise ValueError(f"cannot import module {module_name!r} of {ref!r}{where}: {e}") from None
     if not hasattr(module, attr):
         raise ValueError(f"module {module_name!r} has no attribute {attr!r} (from {ref!r})")
     return getattr(module, attr)
+
+
+def _import_file(path: pathlib.Path) -> Any:
+    """Imports a .py file as a module named after its path (once; reused after)."""
+    name = "flan_jax_user_" + re.sub(r"\W", "_", str(path.resolve()))
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def check_available(spec: SourceSpec, split: str) -> None:
@@ -148,10 +235,12 @@ def iter_examples(spec: SourceSpec, split: str) -> Iterator[Example]:
         ValueError: a malformed line (names the file and the 1-based line number).
     """
     check_available(spec, split)
-    if spec.type == "jsonl":
-        yield from (ex for _, ex in read_jsonl(expand_path(spec.splits[split])))
-    elif spec.type in ("tsv", "csv"):
-        yield from _iter_delimited(spec, expand_path(spec.splits[split]))
+    if spec.split_ratio is not None:
+        everything = list(_iter_file(spec, split))
+        keep = ratio_split_indices(len(everything), spec.split_ratio, spec.seed, split)
+        yield from (everything[i] for i in keep)
+    elif spec.type in FILE_TYPES:
+        yield from _iter_file(spec, split)
     elif spec.type == "function":
         examples = resolve_function(spec.fn)(spec.splits[split], **spec.args)
         for i, example in enumerate(examples):
@@ -160,6 +249,14 @@ def iter_examples(spec: SourceSpec, split: str) -> Iterator[Example]:
             yield dict(example)
     else:
         yield from _iter_tfds(spec, split)
+
+
+def _iter_file(spec: SourceSpec, split: str) -> Iterator[Example]:
+    path = expand_path(spec.splits[split])
+    if spec.type == "jsonl":
+        yield from (ex for _, ex in read_jsonl(path))
+    else:
+        yield from _iter_delimited(spec, path)
 
 
 def read_jsonl(

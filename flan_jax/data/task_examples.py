@@ -30,7 +30,9 @@ def cached(spec: TaskSpec, key: str, build: Callable[[], T]) -> T:
 
 def iter_prepared(spec: TaskSpec, split: str) -> Iterator[dict[str, Any]]:
     """Yields the mapped examples of a split in stored order (strip, unescape, preprocessor)."""
-    fn = sources.resolve_function(spec.preprocessor) if spec.preprocessor else None
+    fn = None
+    if spec.preprocessor:
+        fn = sources.resolve_function(spec.preprocessor, base_dir=spec.base_dir)
     for i, raw in enumerate(sources.iter_examples(spec.source, split)):
         for key, suffix in spec.strip.items():
             if isinstance(raw.get(key), str):
@@ -55,6 +57,8 @@ def _map_fields(spec: TaskSpec, raw: Mapping[str, Any], split: str, i: int) -> d
             )
         value = raw[key]
         out[field] = [str(v) for v in value] if field == spec.options_field else str(value)
+    if spec.answer_index:
+        out["answer"] = _option_at(spec, out, split, i)
     if spec.label_map and "answer" in out:
         if out["answer"] not in spec.label_map:
             raise ValueError(
@@ -63,6 +67,22 @@ def _map_fields(spec: TaskSpec, raw: Mapping[str, Any], split: str, i: int) -> d
             )
         out["answer"] = spec.label_map[out["answer"]]
     return out
+
+
+def _option_at(spec: TaskSpec, out: Mapping[str, Any], split: str, i: int) -> str:
+    """The option that the example's `answer` indexes (0-based; llm-foundry's `gold`)."""
+    options = out[spec.options_field] if spec.options_field else spec.options
+    where = f"task {spec.name!r}, split {split!r}, example {i}"
+    try:
+        index = int(out["answer"])
+    except ValueError:
+        raise ValueError(
+            f"{where}: answer {out['answer']!r} is not an index into the options "
+            "(`answer_index: true`)"
+        ) from None
+    if not 0 <= index < len(options):
+        raise ValueError(f"{where}: answer index {index} is out of range for options {options}")
+    return options[index]
 
 
 def get_examples(spec: TaskSpec, split: str) -> Sequence[dict[str, Any]]:

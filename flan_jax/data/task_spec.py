@@ -39,6 +39,7 @@ class TaskSpec:
     formats: tuple[str, ...] = ("zs_opt", "zs_noopt", "fs_opt", "fs_noopt")
     options: tuple[str, ...] | None = None
     options_field: str | None = None
+    answer_index: bool = False
     label_map: Mapping[str, str] = dataclasses.field(default_factory=dict)
     strip: Mapping[str, str] = dataclasses.field(default_factory=dict)
     unescape_newlines: bool = False
@@ -70,6 +71,11 @@ class TaskSpec:
             raise ValueError(f"{where}: options_field {self.options_field!r} is not in `fields`")
         if (self.options or self.options_field) and "answer" not in self.fields:
             raise ValueError(f"{where}: a task with options needs an `answer` field")
+        if self.answer_index and not (self.options or self.options_field):
+            raise ValueError(
+                f"{where}: `answer_index: true` picks the answer from the options by index; "
+                "give `options_field:` (a list per example) or `options:`"
+            )
         if self.template_index != "all" and not isinstance(self.template_index, int):
             raise ValueError(f"{where}: template_index must be 'all' or an int")
         cot = [f for f in self.formats if f in formats_lib.COT_FORMATS]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import pathlib
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -281,3 +283,42 @@ def unknown_name_error(kind: str, name: str, known: Sequence[str]) -> ValueError
     close = difflib.get_close_matches(name, list(known), n=5, cutoff=0.5)
     hint = f"closest: {close}" if close else f"{len(known)} {kind}s are registered"
     return ValueError(f"unknown {kind} {name!r}; {hint}")
+
+
+SPECS_ENV = "FLAN_JAX_SPECS"  # flan_jax.registry registers the spec folders it lists
+
+
+def specs_hint(name: str, flag: str | None = None) -> str:
+    """How to make an unregistered task or mixture `name` known: the YAML under the working
+    directory that defines it (if any) and $FLAN_JAX_SPECS (or `flag`, e.g. "--specs")."""
+    found = _find_spec_yaml(name)
+    folder = str(found.parent) if found else "DIR"
+    how = f"{flag} {folder}" if flag else f"export {SPECS_ENV}={folder}"
+    where = f"it is defined in {str(found)!r}: " if found else "if it is defined in a YAML folder, "
+    now = os.environ.get(SPECS_ENV)
+    return f"{where}{how} ({SPECS_ENV} is {'unset' if now is None else repr(now)})"
+
+
+def _find_spec_yaml(name: str, root: str = ".", max_depth: int = 3) -> pathlib.Path | None:
+    """The first YAML file (shallow walk of `root`) whose top level says `name: <name>`."""
+    pattern = re.compile(rf"^name:\s*['\"]?{re.escape(name)}['\"]?\s*(#.*)?$", re.M)
+    for folder, dirs, files in os.walk(root):
+        depth = os.path.relpath(folder, root).count(os.sep)
+        dirs[:] = (
+            []
+            if depth >= max_depth
+            else sorted(
+                d
+                for d in dirs
+                if not d.startswith((".", "_")) and d not in ("runs", "node_modules")
+            )
+        )
+        for f in sorted(files):
+            if f.endswith((".yaml", ".yml")):
+                path = pathlib.Path(folder, f)
+                try:
+                    if pattern.search(path.read_text(errors="replace")):
+                        return pathlib.Path(os.path.normpath(path))
+                except OSError:
+                    continue
+    return None
