@@ -1,9 +1,10 @@
-"""Checkpoints: the orbax manager for the train state, per-process tf.data iterator state,
-and parameter-only loading of an initial checkpoint (ours, or converted HF/T5X)."""
+"""Checkpoints: the orbax manager for the train state, per-process data positions (or
+tf.data iterator state), and parameter-only loading of an initial checkpoint (ours, or converted HF/T5X)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from typing import Any
@@ -15,6 +16,7 @@ import tensorflow as tf
 
 PyTree = Any
 _ITER_DIR = "data_iterators"
+DATA_STATES = ("position", "tf_iterator")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -25,20 +27,28 @@ class CheckpointConfig:
       period: save every `period` steps (and always at the end, on SIGTERM).
       keep: number of most recent checkpoints to keep (None: all).
       async_save: write in the background while training continues.
-      save_data_iterator: save each process's tf.data iterator with each checkpoint,
-        so that a resumed run sees exactly the examples it would have.
+      save_data_iterator: save each process's data state with each checkpoint, so that a
+        resumed run sees exactly the examples it would have (False: a resumed run restarts
+        the data from its beginning).
+      data_state: what is saved: "position" (default; `TrainIterator.get_state()`, a ~1 KB
+        JSON of seed and batches consumed, replayed on restore) or "tf_iterator" (tf.data's
+        own iterator checkpoint: shuffle and prefetch buffers, often 100 MB and more, written
+        synchronously; fails on `from_generator` sources such as the FLAN 2021 TFDS tasks).
     """
 
     period: int = 1000
     keep: int | None = 3
     async_save: bool = True
     save_data_iterator: bool = True
+    data_state: str = "position"
 
     def __post_init__(self):
         if self.period < 1:
             raise ValueError(f"CHECKPOINT_PERIOD ({self.period}) must be >= 1")
         if self.keep is not None and self.keep < 1:
             raise ValueError(f"keep ({self.keep}) must be >= 1 or None")
+        if self.data_state not in DATA_STATES:
+            raise ValueError(f"data_state {self.data_state!r} must be one of {DATA_STATES}")
 
 
 class Checkpointer:
@@ -61,14 +71,24 @@ class Checkpointer:
             self._iter_root, f"step_{step}", f"process_{jax.process_index()}", "iterator"
         )
 
-    def save(self, step: int, state: PyTree, data_iterator: Any = None) -> None:
-        """Saves the iterator (synchronously, per process) and then the state (orbax, collective).
+    def _position_path(self, step: int) -> str:
+        return os.path.join(
+            self._iter_root, f"step_{step}", f"process_{jax.process_index()}.json"
+        )
 
+    def save(self, step: int, state: PyTree, data_iterator: Any = None) -> None:
+        """Saves the data state (per process) and then the state (orbax, collective).
+
+        `data_iterator` is a `TrainIterator` (or a bare tf.data iterator for "tf_iterator").
         The orbax step only becomes visible once finalized, so a crash mid-save leaves the
-        previous (step, iterator) pair as the latest.
+        previous (step, data state) pair as the latest.
         """
         if data_iterator is not None and self.config.save_data_iterator:
-            tf.train.Checkpoint(iterator=data_iterator).write(self._iter_prefix(step))
+            if self.config.data_state == "position":
+                _write_json_atomic(self._position_path(step), data_iterator.get_state())
+            else:
+                tf_iter = getattr(data_iterator, "tf_iterator", data_iterator)
+                tf.train.Checkpoint(iterator=tf_iter).write(self._iter_prefix(step))
         self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
         self._remove_stale_iterators(keep_from=step)
 
@@ -83,22 +103,33 @@ class Checkpointer:
                 path = os.path.join(step_dir, f"process_{jax.process_index()}")
                 if tf.io.gfile.exists(path):
                     tf.io.gfile.rmtree(path)
+                if tf.io.gfile.exists(path + ".json"):
+                    tf.io.gfile.remove(path + ".json")
                 if not tf.io.gfile.listdir(step_dir):  # the last process out removes the step
                     tf.io.gfile.rmtree(step_dir)
 
     def restore(self, step: int, abstract_state: PyTree, data_iterator: Any = None) -> PyTree:
-        """Restores the state at `step` onto the abstract state's shardings (any mesh)."""
+        """Restores the state at `step` onto the abstract state's shardings (any mesh), and
+        moves `data_iterator` to the data position saved with it."""
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
         if data_iterator is not None and self.config.save_data_iterator:
-            prefix = self._iter_prefix(step)
-            if not tf.io.gfile.exists(prefix + ".index"):
-                raise FileNotFoundError(
-                    f"checkpoint step {step} has no data iterator state at {prefix} for process "
-                    f"{jax.process_index()}; resume with save_data_iterator=False to restart the "
-                    "data"
-                )
-            tf.train.Checkpoint(iterator=data_iterator).read(prefix).assert_consumed()
+            self._restore_data(step, data_iterator)
         return state
+
+    def _restore_data(self, step: int, data_iterator: Any) -> None:
+        position, prefix = self._position_path(step), self._iter_prefix(step)
+        if tf.io.gfile.exists(position) and hasattr(data_iterator, "set_state"):
+            with tf.io.gfile.GFile(position) as f:
+                data_iterator.set_state(json.load(f))
+        elif tf.io.gfile.exists(prefix + ".index"):  # data_state="tf_iterator" (or older runs)
+            tf_iter = getattr(data_iterator, "tf_iterator", data_iterator)
+            tf.train.Checkpoint(iterator=tf_iter).read(prefix).assert_consumed()
+        else:
+            raise FileNotFoundError(
+                f"checkpoint step {step} has no data state at {position} (or {prefix}) for "
+                f"process {jax.process_index()}; resume with save_data_iterator=False to "
+                "restart the data"
+            )
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -106,6 +137,15 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _write_json_atomic(path: str, value: Any) -> None:
+    """Writes JSON to a temporary name, then renames it: readers see all of it or nothing."""
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(value, sort_keys=True))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def _orbax_item_dir(path: str) -> str | None:

@@ -252,8 +252,9 @@ def train(
         report = memory_report(compiled)
         print(format_memory_report(report, mesh), flush=True)
         return report
-    dataset = input_pipeline.get_train_dataset(data, converter)
-    batches = input_pipeline.TrainIterator(dataset, mesh, data.batch_size)
+    batches = input_pipeline.TrainIterator(
+        None, mesh, data.batch_size, config=data, converter=converter
+    )
     ckpt = checkpoints.Checkpointer(run.model_dir, checkpoint)
     eval_batches = {}
     if run.eval_period:
@@ -277,7 +278,7 @@ def train(
             flops_per_device_step=metrics_log.step_flops(compiled),
         )
         state, step = _restore_or_init(
-            model, tx, ckpt, shapes, abstract, shardings, run, batches.tf_iterator, log
+            model, tx, ckpt, shapes, abstract, shardings, run, batches, log
         )
         loop = _Loop(
             compiled=compiled,
@@ -350,7 +351,7 @@ class _Loop:
                     self._log(step, window, time.perf_counter() - t0)
                     t0 = time.perf_counter()
                 if save:
-                    self.ckpt.save(step, state, self.batches.tf_iterator)
+                    self.ckpt.save(step, state, self.batches)
                     last_ckpt = step
                 if evaluate:
                     self.log.log_eval(step, self.evaluate(state["params"]))
