@@ -1,5 +1,6 @@
 """Checkpoints: the orbax manager for the train state, per-process data positions (or
-tf.data iterator state), and parameter-only loading of an initial checkpoint (ours, or converted HF/T5X)."""
+tf.data iterator state), and parameter-only loading of an initial checkpoint (ours, or
+converted HF/T5X)."""
 
 from __future__ import annotations
 
@@ -72,9 +73,7 @@ class Checkpointer:
         )
 
     def _position_path(self, step: int) -> str:
-        return os.path.join(
-            self._iter_root, f"step_{step}", f"process_{jax.process_index()}.json"
-        )
+        return os.path.join(self._iter_root, f"step_{step}", f"process_{jax.process_index()}.json")
 
     def save(self, step: int, state: PyTree, data_iterator: Any = None) -> None:
         """Saves the data state (per process) and then the state (orbax, collective).
