@@ -83,7 +83,8 @@ class Checkpointer:
         previous (step, data state) pair as the latest.
         """
         if data_iterator is not None and self.config.save_data_iterator:
-            if self.config.data_state == "position":
+            # a bare tf.data iterator has no position: it is saved the tf.data way
+            if self.config.data_state == "position" and hasattr(data_iterator, "get_state"):
                 _write_json_atomic(self._position_path(step), data_iterator.get_state())
             else:
                 tf_iter = getattr(data_iterator, "tf_iterator", data_iterator)

@@ -190,3 +190,33 @@ def test_sigkill_then_exact_resume(scenario, tmp_path):
     (step_a, params_a), (step_b, params_b) = _final_params(full), _final_params(killed)
     assert step_a == step_b == STEPS
     jax.tree.map(np.testing.assert_array_equal, params_b, params_a)
+
+
+class _Position:
+    """A stand-in TrainIterator: only the position interface the Checkpointer uses."""
+
+    def __init__(self, n=0):
+        self.state = {"format": input_pipeline.POSITION_FORMAT, "batches_consumed": n}
+
+    def get_state(self):
+        return dict(self.state)
+
+    def set_state(self, state):
+        self.state = state
+
+
+def test_checkpointer_saves_positions_per_step_and_prunes_them(tmp_path):
+    from flan_jax import checkpoints
+
+    state = {"w": jax.numpy.arange(4.0)}
+    config = checkpoints.CheckpointConfig(period=1, keep=2, async_save=False)
+    ckpt = checkpoints.Checkpointer(str(tmp_path), config)
+    for step in (1, 2, 3):
+        ckpt.save(step, state, _Position(step * 10))
+    root = tmp_path / "data_iterators"
+    assert sorted(os.listdir(root)) == ["step_2", "step_3"]
+    assert os.listdir(root / "step_3") == ["process_0.json"]  # no temporary file left
+    restored = _Position()
+    ckpt.restore(3, state, restored)
+    assert restored.state == {"batches_consumed": 30, "format": input_pipeline.POSITION_FORMAT}
+    ckpt.close()
