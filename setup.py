@@ -30,6 +30,8 @@ setuptools.setup(
         "tensorflow-cpu>=2.21,<2.22",
         "tensorflow-text>=2.21,<2.22",
         "tensorflow-datasets>=4.9.10,<4.10",
+        # TFDS imports it lazily (dataset_builder.py) but declares it only for Python < 3.9
+        "importlib_resources>=5",
         "gin-config>=0.5.0,<0.6",
         "sentencepiece>=0.2.0,<0.3",
         "clu>=0.0.12,<0.1",

@@ -20,6 +20,7 @@ from flan_jax import checkpoint_files as files
 from flan_jax.checkpoint_files import StorageError
 
 PyTree = Any
+DATA_STATES = ("position", "tf_iterator")
 __all__ = ["CheckpointConfig", "CheckpointError", "Checkpointer", "StorageError"]
 
 
@@ -31,20 +32,28 @@ class CheckpointConfig:
       period: save every `period` steps (and always at the end, on SIGTERM).
       keep: number of most recent complete checkpoints to keep (None: all).
       async_save: write in the background while training continues.
-      save_data_iterator: save each process's data position with each checkpoint, so that a
-        resumed run sees exactly the examples it would have.
+      save_data_iterator: save each process's data state with each checkpoint, so that a
+        resumed run sees exactly the examples it would have (False: a resumed run restarts
+        the data from its beginning).
+      data_state: what is saved: "position" (default; `TrainIterator.get_state()`, a ~1 KB
+        JSON of seed and batches consumed, replayed on restore) or "tf_iterator" (tf.data's
+        own iterator checkpoint: shuffle and prefetch buffers, often 100 MB and more, written
+        synchronously; fails on `from_generator` sources such as the FLAN 2021 TFDS tasks).
     """
 
     period: int = 1000
     keep: int | None = 3
     async_save: bool = True
     save_data_iterator: bool = True
+    data_state: str = "position"
 
     def __post_init__(self):
         if self.period < 1:
             raise ValueError(f"CHECKPOINT_PERIOD ({self.period}) must be >= 1")
         if self.keep is not None and self.keep < 1:
             raise ValueError(f"keep ({self.keep}) must be >= 1 or None")
+        if self.data_state not in DATA_STATES:
+            raise ValueError(f"data_state {self.data_state!r} must be one of {DATA_STATES}")
 
 
 class CheckpointError(RuntimeError):
@@ -157,14 +166,15 @@ class Checkpointer:
             self._finalize(step, kind, nbytes)
 
     def _write_data_state(self, step: int, data_iterator: Any) -> str | None:
-        """This process's data position: JSON when the iterator has get_state, else tf.data."""
+        """This process's data state: a JSON position when the iterator has get_state (and
+        data_state is "position"), else tf.data's iterator checkpoint."""
         if data_iterator is None or not self.config.save_data_iterator:
             return None
         folder = files.data_dir(self.model_dir, step)
         name = f"process_{jax.process_index()}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            if hasattr(data_iterator, "get_state"):
+            if self.config.data_state == "position" and hasattr(data_iterator, "get_state"):
                 data = json.dumps(data_iterator.get_state(), sort_keys=True).encode()
                 files.atomic_write(folder / f"{name}.json", data)
                 return "json"
@@ -317,7 +327,7 @@ class Checkpointer:
                     f"{jax.process_index()} (saved by {manifest['num_processes']}); {hint}"
                 )
             data_iterator.set_state(json.loads(path.read_text()))
-        elif kind == "tf" and not hasattr(data_iterator, "set_state"):
+        elif kind == "tf":
             import tensorflow as tf  # only for checkpoints that hold a tf.data iterator
 
             tf_iterator = getattr(data_iterator, "tf_iterator", data_iterator)

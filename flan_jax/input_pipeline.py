@@ -111,8 +111,16 @@ def make_converter(
     return packing.make_feature_converter(converter_cls, pack=config.pack, config=config.packing)
 
 
-def get_train_dataset(config: DataConfig, converter: seqio.FeatureConverter) -> tf.data.Dataset:
-    """This host's share of the (repeated) training data, batched to the local batch size."""
+def get_train_dataset(
+    config: DataConfig, converter: seqio.FeatureConverter, *, skip_batches: int = 0
+) -> tf.data.Dataset:
+    """This host's share of the (repeated) training data, batched to the local batch size.
+
+    With a seed the stream is a pure function of (config, process index): every stage is
+    seeded or order-preserving (seqio's shuffles and mixture sampling take `seed`, parallel
+    maps keep order, packing is deterministic per window). `skip_batches` starts it that many
+    batches in, which is how `TrainIterator.set_state` resumes a position exactly.
+    """
     get_mixture_or_task(config.mixture_or_task_name)
     ds = seqio.get_dataset(
         config.mixture_or_task_name,
@@ -129,10 +137,15 @@ def get_train_dataset(config: DataConfig, converter: seqio.FeatureConverter) -> 
     # flan_jax's own task maps are pure TF ops, so their iterators checkpoint exactly. A
     # user's task may call tf.numpy_function / py_function, whose Python state tf.data cannot
     # save: it would refuse to checkpoint the iterator, so such ops are taken as stateless.
+    # (Only the optional tf.data-iterator checkpoints need this; positions never serialise.)
     options = tf.data.Options()
     options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    options.deterministic = True  # a position is only exact if the order never varies
     ds = ds.with_options(options)
-    return ds.batch(config.local_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(config.local_batch_size, drop_remainder=True)
+    if skip_batches:
+        ds = ds.skip(skip_batches)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def make_global_batch(
@@ -155,24 +168,131 @@ def fingerprint(local: NumpyBatch) -> str:
     return h.hexdigest()[:16]
 
 
-class TrainIterator:
-    """Global batches from a tf.data iterator; `tf_iterator` is what checkpoints save.
+POSITION_FORMAT = "flan_jax.data_position/1"
 
-    No Python-side read-ahead: the tf.data iterator's position is exactly the number of
-    batches the trainer consumed (tf.data's own prefetch buffer is part of its state).
+
+def position_config(config: DataConfig, mixture_or_task: seqio.Task | seqio.Mixture) -> dict:
+    """What a saved position is only valid for: the data config, the process and the rates."""
+    if isinstance(mixture_or_task, seqio.Mixture):
+        rates = {t.name: float(mixture_or_task.get_rate(t)) for t in mixture_or_task.tasks}
+    else:
+        rates = {mixture_or_task.name: 1.0}
+    return {
+        "mixture_or_task_name": config.mixture_or_task_name,
+        "task_feature_lengths": dict(sorted(config.task_feature_lengths.items())),
+        "batch_size": config.batch_size,
+        "split": config.split,
+        "shuffle": config.shuffle,
+        "pack": config.pack,
+        "packing": dataclasses.asdict(config.packing),
+        "use_cached": config.use_cached,
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "task_rates": {k: round(v, 9) for k, v in sorted(rates.items())},
+    }
+
+
+class TrainIterator:
+    """Global batches of the training stream, with a position that is a few integers.
+
+    The stream is deterministic given (data config, seed, process index), so its position is
+    `{"seed", "batches_consumed", "config"}`: `get_state()` is a small JSON dict, and
+    `set_state()` rebuilds the stream and skips the consumed batches (exact; the skip costs
+    reading and packing those batches again, see BENCHMARKS.md). No Python-side read-ahead:
+    the number of batches handed out is exactly the number the trainer consumed.
+
+    Built from a `DataConfig` + converter (what the trainer does), or from a bare dataset
+    (tests), which has no rebuildable position: `get_state` then raises.
     """
 
-    def __init__(self, dataset: tf.data.Dataset, mesh: Mesh, global_batch_size: int):
-        self.tf_iterator = iter(dataset)
+    def __init__(
+        self,
+        dataset: tf.data.Dataset | None,
+        mesh: Mesh,
+        global_batch_size: int,
+        *,
+        config: DataConfig | None = None,
+        converter: seqio.FeatureConverter | None = None,
+    ):
+        if (dataset is None) == (config is None):
+            raise ValueError("TrainIterator needs either a dataset or a DataConfig + converter")
+        if config is not None and config.seed is None:
+            # An unseeded stream cannot be replayed: draw the seed here and save it.
+            seed = int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF)
+            config = dataclasses.replace(config, seed=seed)
         self.mesh = mesh
         self.global_batch_size = global_batch_size
+        self.batches_consumed = 0
+        self._dataset, self._config, self._converter = dataset, config, converter
+        self._config_summary = (
+            position_config(config, get_mixture_or_task(config.mixture_or_task_name))
+            if config is not None
+            else None
+        )
+        self._iterator = None
+
+    @property
+    def tf_iterator(self):
+        """The underlying tf.data iterator (created on first use; what the optional
+        tf.data-iterator checkpoints save)."""
+        if self._iterator is None:
+            ds = self._dataset
+            if ds is None:
+                ds = get_train_dataset(self._config, self._converter)
+            self._iterator = iter(ds)
+        return self._iterator
 
     def __iter__(self) -> Iterator[tuple[dict[str, jax.Array], NumpyBatch]]:
         return self
 
     def __next__(self) -> tuple[dict[str, jax.Array], NumpyBatch]:
         local = jax.tree.map(np.asarray, next(self.tf_iterator))
+        self.batches_consumed += 1
         return make_global_batch(local, self.mesh, self.global_batch_size), local
+
+    def get_state(self) -> dict:
+        """The position: {"format", "seed", "batches_consumed", "config"} (JSON, ~1 KB)."""
+        if self._config is None:
+            raise ValueError(
+                "this TrainIterator was built from a bare dataset and has no position; build "
+                "it with config= and converter= to save positions"
+            )
+        return {
+            "format": POSITION_FORMAT,
+            "seed": self._config.seed,
+            "batches_consumed": self.batches_consumed,
+            "config": self._config_summary,
+        }
+
+    def set_state(self, state: dict) -> None:
+        """Moves to a saved position: same stream (seed) and `batches_consumed` batches in.
+
+        Raises:
+          ValueError: the state is not a position, or was saved by a pipeline with another
+            config (mixture, rates, batch size, feature lengths, packing, process layout).
+        """
+        if self._config is None:
+            raise ValueError("this TrainIterator was built from a bare dataset; it has no position")
+        if not isinstance(state, dict) or state.get("format") != POSITION_FORMAT:
+            raise ValueError(
+                f"data state is not a {POSITION_FORMAT} position: "
+                f"{str(state)[:120]}; restart the data with save_data_iterator=False"
+            )
+        saved, ours = state["config"], self._config_summary
+        diff = sorted(k for k in set(saved) | set(ours) if saved.get(k) != ours.get(k))
+        if diff:
+            detail = "; ".join(f"{k}: saved {saved.get(k)!r}, now {ours.get(k)!r}" for k in diff)
+            raise ValueError(
+                f"the checkpoint's data position belongs to another data pipeline ({detail}); "
+                "restore with the run's original settings, or set "
+                "checkpoints.CheckpointConfig.save_data_iterator = False to restart the data"
+            )
+        n = int(state["batches_consumed"])
+        if n < 0:
+            raise ValueError(f"batches_consumed ({n}) must be >= 0")
+        self._config = dataclasses.replace(self._config, seed=state["seed"])
+        self._iterator = iter(get_train_dataset(self._config, self._converter, skip_batches=n))
+        self.batches_consumed = n
 
 
 def eval_task_names(config: DataConfig) -> list[str]:

@@ -279,8 +279,9 @@ def _train(model, data, mesh, converter, optim, step_config, checkpoint, run, sh
     if watcher is not None and watcher.requested and jax.process_count() == 1:
         print("SIGTERM before training started; nothing to save", flush=True)
         return None
-    dataset = input_pipeline.get_train_dataset(data, converter)
-    batches = input_pipeline.TrainIterator(dataset, mesh, data.batch_size)
+    batches = input_pipeline.TrainIterator(
+        None, mesh, data.batch_size, config=data, converter=converter
+    )
     ckpt = checkpoints.Checkpointer(run.model_dir, checkpoint)
     eval_batches = {}
     if run.eval_period:
