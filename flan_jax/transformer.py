@@ -18,7 +18,8 @@ from flan_jax import layers
 Array = jax.Array
 EMBED_AXES = ("activation_batch", "activation_length", "activation_embed")
 LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
-POSITION_EMBEDDINGS = ("relative", "rope")
+POSITION_EMBEDDINGS = ("relative", "rope", "learned")
+NORM_TYPES = ("rms", "layernorm")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -44,6 +45,20 @@ class TransformerConfig:
       scan_layers: nn.scan over layers (params stacked under `layers`, axis `layers`).
       remat_policy: 'none', 'full' or a jax.checkpoint_policies name.
       attention_impl: 'einsum' (reference) or 'dot_product_attention' (jax.nn).
+      norm_type: 'rms' (T5 / Llama RMSNorm) or 'layernorm' (mean and bias, OPT).
+      post_layer_norm: normalize after each residual add and skip the final norm (OPT-350m);
+        decoder-only.
+      use_bias: biases on every projection (attention q/k/v/out, MLP) (OPT).
+      qkv_bias: biases on the query/key/value projections only (Qwen2).
+      max_position_embeddings, position_offset: 'learned' absolute positions read row
+        position + position_offset of a [max_position_embeddings + offset, embed] table
+        (OPT keeps 2 unused leading rows). Decoder-only.
+      embed_proj_dim: token embeddings of this width, projected in to / out of emb_dim
+        without bias (OPT-350m's project_in / project_out); None: emb_dim.
+      scale_tied_logits: with logits_via_embedding, scale outputs by emb_dim ** -0.5
+        (T5); False for OPT / Qwen2.
+      sliding_window: attend only to the last `sliding_window` positions (Mistral);
+        None: unlimited.
     """
 
     vocab_size: int
@@ -69,6 +84,15 @@ class TransformerConfig:
     scan_layers: bool = False
     remat_policy: str = "none"
     attention_impl: str = "einsum"
+    norm_type: str = "rms"
+    post_layer_norm: bool = False
+    use_bias: bool = False
+    qkv_bias: bool = False
+    max_position_embeddings: int = 2048
+    position_offset: int = 0
+    embed_proj_dim: int | None = None
+    scale_tied_logits: bool = True
+    sliding_window: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mlp_activations", layers.check_activations(self.mlp_activations))
@@ -82,6 +106,7 @@ class TransformerConfig:
             ("dtype", self.dtype, tuple(DTYPES)),
             ("position_embedding", self.position_embedding, POSITION_EMBEDDINGS),
             ("attention_impl", self.attention_impl, layers.ATTENTION_IMPLS),
+            ("norm_type", self.norm_type, NORM_TYPES),
         )
         for name, value, allowed in choices:
             if value not in allowed:
@@ -95,6 +120,7 @@ class TransformerConfig:
                 f"remat_policy {self.remat_policy!r} is neither 'none', 'full' nor a "
                 "jax.checkpoint_policies name (e.g. 'dots_with_no_batch_dims_saveable')"
             )
+        self._check_decoder_only_options()
         if self.position_embedding == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
         for name in (
@@ -110,6 +136,35 @@ class TransformerConfig:
                     f"TransformerConfig.{name} must be >= 1, got {getattr(self, name)}"
                 )
 
+    def _check_decoder_only_options(self):
+        used = [
+            name
+            for name, on in (
+                ("position_embedding='learned'", self.position_embedding == "learned"),
+                ("post_layer_norm", self.post_layer_norm),
+                ("embed_proj_dim", self.embed_proj_dim is not None),
+                ("sliding_window", self.sliding_window is not None),
+            )
+            if on
+        ]
+        if used and self.num_encoder_layers:
+            raise ValueError(
+                f"TransformerConfig {', '.join(used)} are decoder-only options; got "
+                f"num_encoder_layers={self.num_encoder_layers} (set it to 0)"
+            )
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
+        if self.position_embedding == "learned" and self.max_position_embeddings < 1:
+            raise ValueError(
+                f"learned positions need max_position_embeddings >= 1, got "
+                f"{self.max_position_embeddings}"
+            )
+
+    @property
+    def model_width(self) -> int:
+        """Width of the token embedding table (embed_proj_dim, defaulting to emb_dim)."""
+        return self.emb_dim if self.embed_proj_dim is None else self.embed_proj_dim
+
     @property
     def kv_heads(self) -> int:
         """Key/value heads (num_kv_heads, defaulting to num_heads)."""
@@ -119,6 +174,12 @@ class TransformerConfig:
     def compute_dtype(self):
         """The jnp compute dtype."""
         return DTYPES[self.dtype]
+
+
+def make_norm(cfg: TransformerConfig, name: str) -> nn.Module:
+    """RMSNorm (scale) or LayerNorm (scale and bias), as cfg.norm_type says."""
+    cls = layers.LayerNorm if cfg.norm_type == "layernorm" else layers.RMSNorm
+    return cls(cfg.layer_norm_epsilon, cfg.compute_dtype, name=name)
 
 
 def _attention(cfg: TransformerConfig, name: str, deterministic: bool, decode: bool = False):
@@ -131,6 +192,8 @@ def _attention(cfg: TransformerConfig, name: str, deterministic: bool, decode: b
         scale_logits=cfg.scale_attention_logits,
         rope_theta=cfg.rope_theta if cfg.position_embedding == "rope" else None,
         impl=cfg.attention_impl,
+        qkv_bias=cfg.use_bias or cfg.qkv_bias,
+        out_bias=cfg.use_bias,
         deterministic=deterministic,
         decode=decode,
         name=name,
@@ -144,8 +207,8 @@ class _Block(nn.Module):
     deterministic: bool = True
     decode: bool = False
 
-    def norm(self, name: str) -> layers.RMSNorm:
-        return layers.RMSNorm(self.config.layer_norm_epsilon, self.config.compute_dtype, name=name)
+    def norm(self, name: str) -> nn.Module:
+        return make_norm(self.config, name)
 
     def dropout(self, x: Array) -> Array:
         return nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))(
@@ -160,6 +223,7 @@ class _Block(nn.Module):
             cfg.dropout_rate,
             cfg.compute_dtype,
             self.deterministic,
+            use_bias=cfg.use_bias,
             name="mlp",
         )(x)
 
@@ -196,6 +260,8 @@ class DecoderLayer(_Block):
     ) -> tuple[Array, None]:
         """x [batch, length, embed]; encoded [batch, enc_length, embed] when cross_attention."""
         cfg = self.config
+        if cfg.post_layer_norm:
+            return self._post_norm(x, bias, positions, cache_index), None
         h = self.norm("pre_self_attention_layer_norm")(x)
         attn = _attention(cfg, "self_attention", self.deterministic, self.decode)
         y = attn(h, h, bias, positions, positions, cache_index)
@@ -211,6 +277,14 @@ class DecoderLayer(_Block):
             x = x + self.dropout(y)
         y = self.dropout(self.mlp(self.norm("pre_mlp_layer_norm")(x)))
         return layers.constrain(x + y, EMBED_AXES), None
+
+    def _post_norm(self, x, bias, positions, cache_index) -> Array:
+        """OPT-350m's post-LN layer: norm(x + attention(x)), then norm(x + mlp(x))."""
+        attn = _attention(self.config, "self_attention", self.deterministic, self.decode)
+        y = attn(x, x, bias, positions, positions, cache_index)
+        x = self.norm("post_self_attention_layer_norm")(x + self.dropout(y))
+        y = self.dropout(self.mlp(x))
+        return layers.constrain(self.norm("post_mlp_layer_norm")(x + y), EMBED_AXES)
 
 
 def run_layers(
