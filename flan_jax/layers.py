@@ -1,7 +1,8 @@
 """Transformer building blocks shared by the encoder-decoder and decoder-only networks.
 
-RMSNorm, LayerNorm, dense (optional bias), embeddings, T5 relative position biases, RoPE, multi-head attention
-(MHA / GQA / MQA, with a KV cache) and gated MLPs; every parameter carries logical axes.
+RMSNorm, LayerNorm, dense (optional bias), embeddings, T5 relative position biases, RoPE,
+multi-head attention (MHA / GQA / MQA, with a KV cache) and gated MLPs; every parameter
+carries logical axes.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class RMSNorm(nn.Module):
 
 
 class LayerNorm(nn.Module):
-    """Standard layer norm with scale and bias (OPT): (x - mean) * rsqrt(var + eps) * scale + bias."""
+    """Layer norm with scale and bias (OPT): (x - mean) * rsqrt(var + eps) * scale + bias."""
 
     epsilon: float = 1e-5
     dtype: DType = jnp.float32
