@@ -72,7 +72,7 @@ class Encoder(nn.Module):
         if segment_ids is not None:
             mask &= _pair_mask(segment_ids, segment_ids, jnp.equal)
         bias = layers.mask_to_bias(mask, cfg.compute_dtype)
-        if cfg.position_embedding == "relative":
+        if cfg.position_embedding == "relative" and not cfg.relpos_per_layer:
             idx = jnp.arange(tokens.shape[1])
             bias = bias + _relpos(cfg, "relpos_bias")(idx, idx, bidirectional=True)
         drop = functools.partial(
@@ -193,7 +193,7 @@ class Decoder(nn.Module):
             mask, q_idx, k_idx = self._full_mask(tokens, valid, segment_ids, causal_attention)
             mask = _window(mask, q_idx, k_idx, cfg.sliding_window)
         bias = layers.mask_to_bias(mask, cfg.compute_dtype)
-        if cfg.position_embedding == "relative":
+        if cfg.position_embedding == "relative" and not cfg.relpos_per_layer:
             bias = bias + _relpos(cfg, "relpos_bias")(q_idx, k_idx, bidirectional=False)
         if positions is None:
             positions = jnp.broadcast_to(q_idx.astype(jnp.int32), tokens.shape)

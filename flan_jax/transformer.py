@@ -57,6 +57,8 @@ class TransformerConfig:
         without bias (OPT-350m's project_in / project_out); None: emb_dim.
       scale_tied_logits: with logits_via_embedding, scale outputs by emb_dim ** -0.5
         (T5); False for OPT / Qwen2.
+      relpos_per_layer: one T5 relative position bias table per layer (UMT5) instead of one
+        per stack.
       sliding_window: attend only to the last `sliding_window` positions (Mistral);
         None: unlimited.
     """
@@ -93,6 +95,7 @@ class TransformerConfig:
     embed_proj_dim: int | None = None
     scale_tied_logits: bool = True
     sliding_window: int | None = None
+    relpos_per_layer: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "mlp_activations", layers.check_activations(self.mlp_activations))
@@ -210,6 +213,19 @@ class _Block(nn.Module):
     def norm(self, name: str) -> nn.Module:
         return make_norm(self.config, name)
 
+    def relpos(self, bias: Array, q_len: int, start: Array | None, bidirectional: bool) -> Array:
+        """bias plus this layer's own relative position bias (UMT5), from array slots."""
+        cfg = self.config
+        if not (cfg.relpos_per_layer and cfg.position_embedding == "relative"):
+            return bias
+        q_idx = jnp.arange(q_len) + (0 if start is None else start)
+        k_idx = jnp.arange(bias.shape[-1])
+        table = layers.RelativePositionBiases(
+            cfg.num_heads, cfg.relpos_num_buckets, cfg.relpos_max_distance, cfg.compute_dtype,
+            name="relpos_bias",
+        )  # fmt: skip
+        return bias + table(q_idx, k_idx, bidirectional=bidirectional)
+
     def dropout(self, x: Array) -> Array:
         return nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))(
             x, deterministic=self.deterministic
@@ -234,6 +250,7 @@ class EncoderLayer(_Block):
     @nn.compact
     def __call__(self, x: Array, bias: Array, positions: Array | None) -> tuple[Array, None]:
         """x [batch, length, embed], bias [batch|1, heads|1, length, length]."""
+        bias = self.relpos(bias, x.shape[1], None, bidirectional=True)
         y = self.norm("pre_attention_layer_norm")(x)
         y = _attention(self.config, "attention", self.deterministic)(
             y, y, bias, positions, positions
@@ -262,6 +279,7 @@ class DecoderLayer(_Block):
         cfg = self.config
         if cfg.post_layer_norm:
             return self._post_norm(x, bias, positions, cache_index), None
+        bias = self.relpos(bias, x.shape[1], cache_index, bidirectional=False)
         h = self.norm("pre_self_attention_layer_norm")(x)
         attn = _attention(cfg, "self_attention", self.deterministic, self.decode)
         y = attn(h, h, bias, positions, positions, cache_index)

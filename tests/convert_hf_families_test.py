@@ -1,4 +1,4 @@
-"""OPT, Qwen2, Mistral and mT5 against transformers: logits, greedy decodes, round trips.
+"""OPT, Qwen2, Mistral, mT5 and UMT5 against transformers: logits, greedy decodes, round trips.
 
 Random tiny configs with shapes unlike tests/convert_hf_test.py: odd head counts (5, 3),
 vocabularies that are not a multiple of 8, OPT-350m's post-LN and project_in/out, a Mistral
@@ -29,6 +29,10 @@ LLAMA_LIKE = dict(
     vocab_size=VOCAB, hidden_size=36, num_attention_heads=3, num_key_value_heads=3,
     intermediate_size=44, num_hidden_layers=2, max_position_embeddings=64,
 )  # fmt: skip
+T5_LIKE = dict(
+    vocab_size=VOCAB, d_model=30, d_kv=10, num_heads=3, d_ff=44, num_layers=2, dropout_rate=0.0,
+    decoder_start_token_id=0, tie_word_embeddings=False,  # (transformers 5 then unscales UMT5)
+)  # fmt: skip
 FAMILIES = {
     "opt": lambda: transformers.OPTForCausalLM(transformers.OPTConfig(**OPT)),
     # OPT-350m's layout: post-LN, embeddings of width 24 projected in and out
@@ -41,19 +45,13 @@ FAMILIES = {
             **{**LLAMA_LIKE, "num_key_value_heads": 1}, sliding_window=4, head_dim=12
         )  # fmt: skip
     ),
-    "mt5": lambda: transformers.MT5ForConditionalGeneration(
-        transformers.MT5Config(
-            vocab_size=VOCAB,
-            d_model=30,
-            d_kv=10,
-            num_heads=3,
-            d_ff=44,
-            num_layers=2,
-            dropout_rate=0.0,
-            decoder_start_token_id=0,
-        )
-    ),  # fmt: skip
+    "mt5": lambda: transformers.MT5ForConditionalGeneration(transformers.MT5Config(**T5_LIKE)),
+    # UMT5: a relative position bias table in every layer
+    "umt5": lambda: transformers.UMT5ForConditionalGeneration(
+        transformers.UMT5Config(**T5_LIKE, relative_attention_num_buckets=8)
+    ),
 }
+SEQ2SEQ = ("mt5", "umt5")
 DECODER_ONLY = ("opt", "opt_350m", "qwen2", "mistral")
 
 
@@ -71,6 +69,7 @@ SHARPEN = {
     "qwen2": (("", 10.0),),
     "mistral": (("", 10.0),),
     "mt5": (("", 1.0),),
+    "umt5": (("relative_attention_bias", 5.0), ("", 1.0)),
 }
 
 
@@ -90,7 +89,7 @@ def _save(root, family):
     torch.manual_seed(3)
     model = FAMILIES[family]().eval()
     _sharpen(model, family)
-    if family == "mt5":  # real mT5 checkpoints have their own lm_head
+    if family in SEQ2SEQ:  # real mT5 / UMT5 checkpoints have their own lm_head
         model.config.tie_word_embeddings = False
         model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, 30) * 0.5)
     path = str(root / family)
@@ -111,7 +110,7 @@ def _convert(path):
 
 def _load_hf(path):
     with open(os.path.join(path, "config.json")) as f:
-        seq2seq = json.load(f)["model_type"] == "mt5"
+        seq2seq = json.load(f)["model_type"] in SEQ2SEQ
     cls = transformers.AutoModelForSeq2SeqLM if seq2seq else transformers.AutoModelForCausalLM
     return cls.from_pretrained(path, local_files_only=True).eval()
 
@@ -128,7 +127,7 @@ DEC_TGT = np.array([[12, 13, 14, 15, 1, 0], [16, 17, 1, 0, 0, 0]], np.int32)
 def _hf_logits(model, family):
     t = functools.partial(torch.tensor, dtype=torch.long)
     with torch.no_grad():
-        if family == "mt5":
+        if family in SEQ2SEQ:
             return model(
                 input_ids=t(ENC), attention_mask=t(ENC > 0), decoder_input_ids=t(DEC_IN),
                 decoder_attention_mask=t(DEC_TGT > 0),
@@ -139,7 +138,7 @@ def _hf_logits(model, family):
 def _flan_logits(path, family):
     params, architecture, cfg, _ = _convert(path)
     model = convert.make_model(architecture, cfg)
-    if family == "mt5":
+    if family in SEQ2SEQ:
         keys = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
         batch, real = dict(zip(keys, (ENC, DEC_IN, DEC_TGT))), DEC_TGT > 0
     else:
@@ -171,6 +170,9 @@ def test_converted_configs(hf_dirs):
     assert (qwen.qkv_bias, qwen.use_bias) == (True, False)
     _, _, mistral, _ = _convert(hf_dirs["mistral"])
     assert (mistral.sliding_window, mistral.kv_heads, mistral.head_dim) == (4, 1, 12)
+    params, _, umt5, _ = _convert(hf_dirs["umt5"])
+    assert umt5.relpos_per_layer and "relpos_bias" not in params["encoder"]
+    assert params["decoder"]["layers_1"]["relpos_bias"]["rel_embedding"].shape == (3, 8)
     _, arch, mt5, _ = _convert(hf_dirs["mt5"])
     assert (arch, mt5.vocab_size, mt5.mlp_activations) == (
         "encoder_decoder",
@@ -205,6 +207,24 @@ def test_greedy_decodes_match_hf_generate(hf_dirs, family):
         "decoder_causal_attention": (right > 0).astype(np.int32),
     }
     decode = DecodeConfig(method="greedy", max_decode_len=length, eos_id=VOCAB + 1)
+    got = jax.jit(lambda p, b: model.predict_batch(p, b, decode=decode))(params, batch)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("family", SEQ2SEQ)
+def test_seq2seq_greedy_decodes_match_hf_generate(hf_dirs, family):
+    length = 10
+    with torch.no_grad():
+        want = _load_hf(hf_dirs[family]).generate(
+            input_ids=torch.tensor(ENC, dtype=torch.long),
+            attention_mask=torch.tensor(ENC > 0, dtype=torch.long),
+            do_sample=False, num_beams=1, max_new_tokens=length, min_length=0, eos_token_id=None,
+        ).numpy()[:, 1:]  # fmt: skip
+    assert len(np.unique(want)) > 5, f"degenerate decodes test nothing: {want}"
+    params, architecture, cfg, _ = _convert(hf_dirs[family])
+    model = convert.make_model(architecture, cfg)
+    decode = DecodeConfig(method="greedy", max_decode_len=length, eos_id=VOCAB + 1)
+    batch = {"encoder_input_tokens": ENC}
     got = jax.jit(lambda p, b: model.predict_batch(p, b, decode=decode))(params, batch)
     np.testing.assert_array_equal(got, want)
 

@@ -1,4 +1,4 @@
-"""Hugging Face safetensors dirs <-> flan_jax params: T5 (v1.1, Flan-T5, original), mT5,
+"""Hugging Face safetensors dirs <-> flan_jax params: T5 (v1.1, Flan-T5, original), mT5, UMT5,
 Llama, Qwen2, Mistral and OPT (flan_jax.convert.hf_opt).
 
 Dense kernels are transposed (torch Linear [out, in] vs flax [in, out]); head layouts need no
@@ -25,6 +25,7 @@ Params = dict[str, Any]
 SUPPORTED_ARCHITECTURES = {
     "T5ForConditionalGeneration": "encoder_decoder",
     "MT5ForConditionalGeneration": "encoder_decoder",
+    "UMT5ForConditionalGeneration": "encoder_decoder",
     "LlamaForCausalLM": "decoder_only",
     "Qwen2ForCausalLM": "decoder_only",
     "MistralForCausalLM": "decoder_only",
@@ -88,7 +89,8 @@ def _t5_config(c: dict[str, Any]) -> network.TransformerConfig:
         num_encoder_layers=c["num_layers"],
         num_decoder_layers=c.get("num_decoder_layers") or c["num_layers"],
         mlp_activations=(act, "linear") if gated else (act,),
-        logits_via_embedding=_t5_scales_logits(c),
+        # tied and scaled: the embedding serves as head; scaled but untied: a scaled logits_dense
+        logits_via_embedding=_t5_scales_logits(c) and c.get("tie_word_embeddings", True),
         relpos_num_buckets=c.get("relative_attention_num_buckets", 32),
         relpos_max_distance=c.get("relative_attention_max_distance", 128),
         layer_norm_epsilon=c.get("layer_norm_epsilon", 1e-6),
@@ -151,6 +153,9 @@ def _mistral_config(c: dict[str, Any]) -> network.TransformerConfig:
 CONFIGS = {
     "T5ForConditionalGeneration": _t5_config,
     "MT5ForConditionalGeneration": _t5_config,
+    "UMT5ForConditionalGeneration": lambda c: dataclasses.replace(
+        _t5_config(c), relpos_per_layer=True
+    ),
     "LlamaForCausalLM": _llama_config,
     "Qwen2ForCausalLM": _qwen2_config,
     "MistralForCausalLM": _mistral_config,
@@ -180,8 +185,10 @@ def t5_entries(cfg: network.TransformerConfig) -> Iterator[Entry]:
     yield ("token_embedder", "embedding"), "shared.weight", "copy"
     qkvo = ("q", "k", "v", "o")
     for stack, n in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
-        rel = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
-        yield (stack, "relpos_bias", "rel_embedding"), rel, "dense"
+        rel = "layer.0.SelfAttention.relative_attention_bias.weight"
+        for i in range(n) if cfg.relpos_per_layer else [None]:  # UMT5: a table per layer
+            flan = (stack, "relpos_bias") if i is None else (stack, f"layers_{i}", "relpos_bias")
+            yield (*flan, "rel_embedding"), f"{stack}.block.{i or 0}.{rel}", "dense"
         yield (stack, f"{stack}_norm", "scale"), f"{stack}.final_layer_norm.weight", "copy"
         for i in range(n):
             hf, flan = f"{stack}.block.{i}.layer", (stack, f"layers_{i}")
@@ -357,7 +364,9 @@ def _export_family(architecture: str, cfg: network.TransformerConfig, base: dict
             raise ValueError(f"hf_config names {names[0]} but the model is {architecture}")
         return names[0]
     if architecture == "encoder_decoder":
-        return "T5ForConditionalGeneration"
+        return (
+            "UMT5ForConditionalGeneration" if cfg.relpos_per_layer else "T5ForConditionalGeneration"
+        )
     if cfg.position_embedding == "learned":
         return hf_opt.ARCHITECTURE
     if cfg.qkv_bias:
@@ -368,7 +377,8 @@ def _export_family(architecture: str, cfg: network.TransformerConfig, base: dict
 def _hf_config_for(family: str, cfg: network.TransformerConfig, base: dict[str, Any]) -> dict:
     """config.json for the HF model equivalent to cfg (keeping token ids etc. from base)."""
     if SUPPORTED_ARCHITECTURES[family] == "encoder_decoder":
-        mt5 = {"architectures": [family], "model_type": "mt5"} if "MT5" in family else {}
+        kind = {"MT5ForConditionalGeneration": "mt5", "UMT5ForConditionalGeneration": "umt5"}
+        mt5 = {"architectures": [family], "model_type": kind[family]} if family in kind else {}
         return {**base, **_t5_hf_config(cfg), **mt5}
     if family == hf_opt.ARCHITECTURE:
         return hf_opt.opt_hf_config(cfg, base)
