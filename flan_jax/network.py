@@ -166,12 +166,18 @@ class Decoder(nn.Module):
         cfg = self.config
         embedder = self.shared_embedding
         if embedder is None:
+            init = {}
+            if cfg.logits_via_embedding and not cfg.scale_tied_logits:
+                # an unscaled tied head (OPT) on T5's unit-variance init gives logits of
+                # std sqrt(width): start near uniform instead
+                init["embedding_init"] = nn.initializers.normal(stddev=cfg.model_width**-0.5)
             embedder = layers.Embed(
                 cfg.vocab_size,
                 cfg.model_width,
                 cfg.one_hot_embed,
                 cfg.compute_dtype,
                 name="token_embedder",
+                **init,
             )
         valid = jnp.ones(tokens.shape, bool) if target_tokens is None else target_tokens > 0
         is_step = decode and self.has_variable("cache", "cache_index")
