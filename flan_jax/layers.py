@@ -1,7 +1,8 @@
 """Transformer building blocks shared by the encoder-decoder and decoder-only networks.
 
-RMSNorm, dense, embeddings, T5 relative position biases, RoPE, multi-head attention
-(MHA / GQA / MQA, with a KV cache) and gated MLPs; every parameter carries logical axes.
+RMSNorm, LayerNorm, dense (optional bias), embeddings, T5 relative position biases, RoPE,
+multi-head attention (MHA / GQA / MQA, with a KV cache) and gated MLPs; every parameter
+carries logical axes.
 """
 
 from __future__ import annotations
@@ -69,8 +70,31 @@ class RMSNorm(nn.Module):
         return y * jnp.asarray(scale, self.dtype)
 
 
+class LayerNorm(nn.Module):
+    """Layer norm with scale and bias (OPT): (x - mean) * rsqrt(var + eps) * scale + bias."""
+
+    epsilon: float = 1e-5
+    dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """Normalizes x [..., embed] over its last axis (statistics in float32)."""
+        x32 = jnp.asarray(x, jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = jnp.asarray((x32 - mean) * lax.rsqrt(var + self.epsilon), self.dtype)
+        features = (x.shape[-1],)
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), features
+        )
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), features
+        )
+        return y * jnp.asarray(scale, self.dtype) + jnp.asarray(bias, self.dtype)
+
+
 class Dense(nn.Module):
-    """Bias-free dense layer with a 2-D kernel [in, out] and logical kernel axes.
+    """Dense layer with a 2-D kernel [in, out], logical kernel axes and an optional bias [out].
 
     `in_axes` (number of trailing input axes contracted) and `out_shape` let attention
     keep T5X's flat `[embed, heads * head_dim]` kernels while computing per head.
@@ -81,6 +105,7 @@ class Dense(nn.Module):
     in_axes: int = 1
     kernel_init: Initializer = default_kernel_init
     dtype: DType = jnp.float32
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -96,7 +121,15 @@ class Dense(nn.Module):
         x = jnp.asarray(x, self.dtype)
         contract = tuple(range(x.ndim - self.in_axes, x.ndim))
         dims = ((contract, tuple(range(self.in_axes))), ((), ()))
-        return lax.dot_general(x, kernel, dims)
+        y = lax.dot_general(x, kernel, dims)
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[-1:]),
+                (int(np.prod(out_shape)),),
+            )
+            y = y + jnp.asarray(bias, self.dtype).reshape(out_shape)
+        return y
 
 
 class Embed(nn.Module):
@@ -293,6 +326,8 @@ class MultiHeadAttention(nn.Module):
     scale_logits: bool = False
     rope_theta: float | None = None
     impl: str = "einsum"
+    qkv_bias: bool = False
+    out_bias: bool = False
     deterministic: bool = True
     decode: bool = False
 
@@ -325,7 +360,7 @@ class MultiHeadAttention(nn.Module):
             return fan_in(*args) * depth_scale
 
         kv_axes = ("embed", "kv") if self.num_kv_heads == 1 else ("embed", "joined_kv")
-        proj = dict(dtype=self.dtype)
+        proj = dict(dtype=self.dtype, use_bias=self.qkv_bias)
         query = Dense(
             (self.num_heads, self.head_dim),
             ("embed", "joined_kv"),
@@ -354,6 +389,7 @@ class MultiHeadAttention(nn.Module):
             dropout = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,), deterministic=False)
         out = _attend(query, key, value, bias, self.impl, dropout)
         out = constrain(out, axes)
+        proj["use_bias"] = self.out_bias
         return Dense(
             embed, ("joined_kv", "embed"), in_axes=2, kernel_init=fan_in, name="out", **proj
         )(out)
@@ -391,6 +427,7 @@ class MlpBlock(nn.Module):
     dropout_rate: float = 0.0
     dtype: DType = jnp.float32
     deterministic: bool = True
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -399,11 +436,15 @@ class MlpBlock(nn.Module):
         hidden = None
         for i, act in enumerate(acts):
             name = "wi" if len(acts) == 1 else f"wi_{i}"
-            h = Dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name=name)(x)
+            h = Dense(
+                self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, use_bias=self.use_bias, name=name
+            )(x)
             h = ACTIVATIONS[act](h)
             hidden = h if hidden is None else hidden * h
         hidden = constrain(hidden, ("activation_batch", "activation_length", "activation_mlp"))
         hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
             hidden, deterministic=self.deterministic
         )
-        return Dense(x.shape[-1], ("mlp", "embed"), dtype=self.dtype, name="wo")(hidden)
+        return Dense(
+            x.shape[-1], ("mlp", "embed"), dtype=self.dtype, use_bias=self.use_bias, name="wo"
+        )(hidden)

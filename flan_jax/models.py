@@ -327,7 +327,15 @@ class DecoderOnlyModel(BaseModel):
         *,
         loss: LossConfig | None = None,
         inputs_bidirectional_attention: bool = False,
+        loss_on_targets_only: bool = False,
     ):
+        """
+        Args:
+          inputs_bidirectional_attention: prefix LM: inputs attend bidirectionally.
+          loss_on_targets_only: with causal attention, still read inputs + targets through
+            seqio.PrefixLMFeatureConverter, so the loss covers targets only (OPT-IML);
+            implied by inputs_bidirectional_attention.
+        """
         super().__init__(config, loss=loss)
         if config.num_encoder_layers:
             raise ValueError(
@@ -336,11 +344,12 @@ class DecoderOnlyModel(BaseModel):
             )
         self.module = network.DecoderOnly(config)
         self.inputs_bidirectional_attention = inputs_bidirectional_attention
+        self.loss_on_targets_only = loss_on_targets_only
 
     @property
     def feature_converter_cls(self) -> type[seqio.FeatureConverter]:
-        """PrefixLMFeatureConverter for prefix LMs, DecoderFeatureConverter otherwise."""
-        if self.inputs_bidirectional_attention:
+        """PrefixLMFeatureConverter for prefix LMs and targets-only loss, else the plain one."""
+        if self.inputs_bidirectional_attention or self.loss_on_targets_only:
             return _seqio().PrefixLMFeatureConverter
         return _seqio().DecoderFeatureConverter
 

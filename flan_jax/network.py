@@ -23,6 +23,7 @@ from flan_jax.transformer import (
     DecoderLayer,
     EncoderLayer,
     TransformerConfig,
+    make_norm,
     run_layers,
 )
 
@@ -75,9 +76,9 @@ class Encoder(nn.Module):
         valid = tokens > 0
         idx = jnp.arange(tokens.shape[1])
         relpos = None
-        if cfg.position_embedding == "relative":
+        if cfg.position_embedding == "relative" and not cfg.relpos_per_layer:
             relpos = _relpos(cfg, "relpos_bias")(idx, idx, bidirectional=True)
-        if cfg.attention_impl == "fused":  # segment ids, no dense [b, h, q, k] bias
+        if _fused(cfg):  # segment ids, no dense [b, h, q, k] bias
             seg = _segments(valid, segment_ids)
             bias = layers.AttentionMask(q_segments=seg, kv_segments=seg, relpos=relpos)
         else:
@@ -101,7 +102,7 @@ class Encoder(nn.Module):
             (bias, positions),
             deterministic=deterministic,
         )
-        x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="encoder_norm")(x)
+        x = make_norm(cfg, "encoder_norm")(x)
         return drop(x)
 
 
@@ -109,6 +110,42 @@ def _relpos(cfg: TransformerConfig, name: str) -> layers.RelativePositionBiases:
     return layers.RelativePositionBiases(
         cfg.num_heads, cfg.relpos_num_buckets, cfg.relpos_max_distance, cfg.compute_dtype, name=name
     )
+
+
+def _add_absolute_positions(cfg: TransformerConfig, x: Array, positions: Array) -> Array:
+    """OPT's input side: project_in (embed_proj_dim -> emb_dim), then learned positions.
+
+    Positions restart per packed example; row `position + position_offset` of the table is
+    read (OPT's offset of 2).
+    """
+    if cfg.embed_proj_dim is not None:
+        x = layers.Dense(cfg.emb_dim, (None, "embed"), dtype=cfg.compute_dtype,
+                         name="project_in")(x)  # fmt: skip
+    if cfg.position_embedding != "learned":
+        return x
+    table = layers.Embed(
+        cfg.max_position_embeddings + cfg.position_offset,
+        cfg.emb_dim,
+        cfg.one_hot_embed,
+        cfg.compute_dtype,
+        name="position_embedder",
+    )
+    return x + table(positions + cfg.position_offset).astype(x.dtype)
+
+
+def _fused(cfg: TransformerConfig) -> bool:
+    """The fused kernels take segment ids and one relative bias: per-layer relative biases
+    (UMT5) and sliding windows (Mistral) keep the dense-bias path."""
+    return (
+        cfg.attention_impl == "fused" and not cfg.relpos_per_layer and cfg.sliding_window is None
+    )
+
+
+def _window(mask: Array, q_idx: Array, k_idx: Array, window: int | None) -> Array:
+    """Keeps keys fewer than `window` slots behind the query (Mistral's sliding window)."""
+    if window is None:
+        return mask
+    return mask & ((q_idx[:, None] - k_idx[None, :]) < window)[None, None]
 
 
 class Decoder(nn.Module):
@@ -150,12 +187,18 @@ class Decoder(nn.Module):
         cfg = self.config
         embedder = self.shared_embedding
         if embedder is None:
+            init = {}
+            if cfg.logits_via_embedding and not cfg.scale_tied_logits:
+                # an unscaled tied head (OPT) on T5's unit-variance init gives logits of
+                # std sqrt(width): start near uniform instead
+                init["embedding_init"] = nn.initializers.normal(stddev=cfg.model_width**-0.5)
             embedder = layers.Embed(
                 cfg.vocab_size,
-                cfg.emb_dim,
+                cfg.model_width,
                 cfg.one_hot_embed,
                 cfg.compute_dtype,
                 name="token_embedder",
+                **init,
             )
         valid = jnp.ones(tokens.shape, bool) if target_tokens is None else target_tokens > 0
         is_step = decode and self.has_variable("cache", "cache_index")
@@ -170,14 +213,16 @@ class Decoder(nn.Module):
             mask, q_idx, k_idx = self._step_mask(
                 tokens, valid, key_valid.value, causal_attention, start
             )
+            mask = _window(mask, q_idx, k_idx, cfg.sliding_window)
             cache_index.value = start + tokens.shape[1]
         else:
             start = None
             mask, q_idx, k_idx = self._full_mask(tokens, valid, segment_ids, causal_attention)
+            mask = _window(mask, q_idx, k_idx, cfg.sliding_window)
         relpos = None
-        if cfg.position_embedding == "relative":
+        if cfg.position_embedding == "relative" and not cfg.relpos_per_layer:
             relpos = _relpos(cfg, "relpos_bias")(q_idx, k_idx, bidirectional=False)
-        fused = cfg.attention_impl == "fused" and not decode  # decoding keeps its dense masks
+        fused = _fused(cfg) and not decode  # decoding keeps its dense masks
         if fused:
             seg = _segments(valid, segment_ids)
             prefix = None if causal_attention is None else causal_attention > 0
@@ -208,16 +253,23 @@ class Decoder(nn.Module):
         drop = functools.partial(
             nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,)), deterministic=deterministic
         )
-        x = layers.constrain(drop(embedder(tokens).astype(cfg.compute_dtype)), EMBED_AXES)
+        x = embedder(tokens).astype(cfg.compute_dtype)
+        x = layers.constrain(drop(_add_absolute_positions(cfg, x, positions)), EMBED_AXES)
         args = (bias, positions, encoded, cross_bias, start)
         attrs = dict(
             deterministic=deterministic, decode=decode, cross_attention=encoded is not None
         )
         x = run_layers(cfg, DecoderLayer, cfg.num_decoder_layers, x, args, **attrs)
-        x = layers.RMSNorm(cfg.layer_norm_epsilon, cfg.compute_dtype, name="decoder_norm")(x)
+        if not cfg.post_layer_norm:
+            x = make_norm(cfg, "decoder_norm")(x)
+        if cfg.embed_proj_dim is not None:
+            x = layers.Dense(cfg.embed_proj_dim, ("embed", None), dtype=cfg.compute_dtype,
+                             name="project_out")(x)  # fmt: skip
         x = drop(x).astype(jnp.float32)
         if cfg.logits_via_embedding:
-            logits = embedder.attend(x, dtype=jnp.float32) * cfg.emb_dim**-0.5
+            logits = embedder.attend(x, dtype=jnp.float32)
+            if cfg.scale_tied_logits:
+                logits = logits * cfg.emb_dim**-0.5
         else:
             logits = layers.Dense(
                 cfg.vocab_size, ("embed", "vocab"), dtype=jnp.float32, name="logits_dense"

@@ -1,4 +1,5 @@
-"""Adafactor with T5 defaults, learning-rate schedules, and optional global-norm clipping."""
+"""Adafactor with T5 defaults (the default), AdamW with OPT-IML's settings, learning-rate
+schedules, and optional global-norm clipping."""
 
 from __future__ import annotations
 
@@ -48,8 +49,10 @@ class OptimizerConfig:
             raise ValueError(f"global_norm_clip ({self.global_norm_clip}) must be > 0 or None")
 
 
-def make_schedule(config: OptimizerConfig) -> optax.Schedule:
+def make_schedule(config: OptimizerConfig | AdamWConfig) -> optax.Schedule:
     """Learning rate as a function of the (0-based) step count."""
+    if isinstance(config, AdamWConfig):
+        return make_adamw_schedule(config)
     lr, warm = config.learning_rate, config.warmup_steps
 
     def schedule(step):
@@ -63,8 +66,10 @@ def make_schedule(config: OptimizerConfig) -> optax.Schedule:
     return schedule
 
 
-def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-    """optax.adafactor with T5 defaults, optionally preceded by global-norm clipping."""
+def make_optimizer(config: OptimizerConfig | AdamWConfig) -> optax.GradientTransformation:
+    """optax.adafactor with T5 defaults, optionally preceded by global-norm clipping; or AdamW."""
+    if isinstance(config, AdamWConfig):
+        return make_adamw(config)
     adafactor = optax.adafactor(
         learning_rate=make_schedule(config),
         decay_rate=config.decay_rate,
@@ -75,3 +80,93 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     if config.global_norm_clip is None:
         return adafactor
     return optax.chain(optax.clip_by_global_norm(config.global_norm_clip), adafactor)
+
+
+# --- AdamW (OPT-IML), beside Adafactor -----------------------------------------------------
+
+ADAMW_SCHEDULES = ("constant", "linear")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AdamWConfig:
+    """AdamW as OPT-IML fine-tunes OPT: beta2 0.95, epsilon 1e-8, global-norm clipping 1.0.
+
+    Attributes:
+      learning_rate: peak learning rate, reached after `warmup_steps` of linear warmup.
+      schedule: "constant" (stay at the peak) or "linear" (decay linearly to
+        `learning_rate * final_learning_rate_ratio` at step `decay_steps`, then stay there).
+      warmup_steps: linear warmup length (0: none).
+      decay_steps: step at which "linear" ends (usually TRAIN_STEPS); > warmup_steps.
+      final_learning_rate_ratio: end of the linear decay as a fraction of the peak.
+      b1, b2, eps: Adam moments' decay rates and denominator epsilon.
+      weight_decay: decoupled weight decay, times the learning rate, on every parameter
+        (as metaseq's Adam does).
+      global_norm_clip: clip gradients to this global norm first (None: off).
+    """
+
+    learning_rate: float = 5e-5
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_steps: int | None = None
+    final_learning_rate_ratio: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    global_norm_clip: float | None = 1.0
+
+    def __post_init__(self):
+        if self.schedule not in ADAMW_SCHEDULES:
+            raise ValueError(f"AdamW schedule {self.schedule!r} must be one of {ADAMW_SCHEDULES}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate ({self.learning_rate}) must be > 0")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be >= 0")
+        if self.schedule == "linear" and (
+            self.decay_steps is None or self.decay_steps <= self.warmup_steps
+        ):
+            raise ValueError(
+                f"AdamW schedule 'linear' needs decay_steps ({self.decay_steps}) > warmup_steps "
+                f"({self.warmup_steps}); set decay_steps = %TRAIN_STEPS"
+            )
+        for name in ("b1", "b2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"AdamW {name} ({getattr(self, name)}) must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay ({self.weight_decay}) must be >= 0")
+        if self.global_norm_clip is not None and self.global_norm_clip <= 0:
+            raise ValueError(f"global_norm_clip ({self.global_norm_clip}) must be > 0 or None")
+
+
+def make_adamw_schedule(config: AdamWConfig) -> optax.Schedule:
+    """Linear warmup from lr / warmup_steps to lr, then constant or linear decay (0-based step)."""
+    lr, warm = config.learning_rate, config.warmup_steps
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        ramp = jnp.minimum(1.0, (step + 1.0) / warm) if warm else 1.0
+        if config.schedule == "constant":
+            return lr * ramp
+        frac = jnp.clip((step - warm) / float(config.decay_steps - warm), 0.0, 1.0)
+        return lr * ramp * (1.0 - (1.0 - config.final_learning_rate_ratio) * frac)
+
+    return schedule
+
+
+def make_adamw(config: AdamWConfig) -> optax.GradientTransformation:
+    """Global-norm clipping (when set), then optax.adamw on the schedule.
+
+    The state is (clip's empty state, (ScaleByAdamState(count, mu, nu), ...)); mu and nu have
+    the parameters' shapes, so partitioning.opt_state_shardings gives them the parameters'
+    shardings and replicates the counts.
+    """
+    adamw = optax.adamw(
+        learning_rate=make_adamw_schedule(config),
+        b1=config.b1,
+        b2=config.b2,
+        eps=config.eps,
+        weight_decay=config.weight_decay,
+    )
+    if config.global_norm_clip is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(config.global_norm_clip), adamw)

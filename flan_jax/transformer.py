@@ -18,7 +18,8 @@ from flan_jax import layers
 Array = jax.Array
 EMBED_AXES = ("activation_batch", "activation_length", "activation_embed")
 LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
-POSITION_EMBEDDINGS = ("relative", "rope")
+POSITION_EMBEDDINGS = ("relative", "rope", "learned")
+NORM_TYPES = ("rms", "layernorm")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -45,6 +46,22 @@ class TransformerConfig:
       remat_policy: 'none', 'full' or a jax.checkpoint_policies name.
       attention_impl: 'einsum' (reference), 'dot_product_attention' (jax.nn with the dense
         bias) or 'fused' (flan_jax.fused_attention: segment ids, kernel chosen per backend).
+      norm_type: 'rms' (T5 / Llama RMSNorm) or 'layernorm' (mean and bias, OPT).
+      post_layer_norm: normalize after each residual add and skip the final norm (OPT-350m);
+        decoder-only.
+      use_bias: biases on every projection (attention q/k/v/out, MLP) (OPT).
+      qkv_bias: biases on the query/key/value projections only (Qwen2).
+      max_position_embeddings, position_offset: 'learned' absolute positions read row
+        position + position_offset of a [max_position_embeddings + offset, embed] table
+        (OPT keeps 2 unused leading rows). Decoder-only.
+      embed_proj_dim: token embeddings of this width, projected in to / out of emb_dim
+        without bias (OPT-350m's project_in / project_out); None: emb_dim.
+      scale_tied_logits: with logits_via_embedding, scale outputs by emb_dim ** -0.5
+        (T5); False for OPT / Qwen2.
+      relpos_per_layer: one T5 relative position bias table per layer (UMT5) instead of one
+        per stack.
+      sliding_window: attend only to the last `sliding_window` positions (Mistral);
+        None: unlimited.
     """
 
     vocab_size: int
@@ -70,6 +87,16 @@ class TransformerConfig:
     scan_layers: bool = False
     remat_policy: str = "none"
     attention_impl: str = "einsum"
+    norm_type: str = "rms"
+    post_layer_norm: bool = False
+    use_bias: bool = False
+    qkv_bias: bool = False
+    max_position_embeddings: int = 2048
+    position_offset: int = 0
+    embed_proj_dim: int | None = None
+    scale_tied_logits: bool = True
+    sliding_window: int | None = None
+    relpos_per_layer: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "mlp_activations", layers.check_activations(self.mlp_activations))
@@ -83,6 +110,7 @@ class TransformerConfig:
             ("dtype", self.dtype, tuple(DTYPES)),
             ("position_embedding", self.position_embedding, POSITION_EMBEDDINGS),
             ("attention_impl", self.attention_impl, layers.ATTENTION_IMPLS),
+            ("norm_type", self.norm_type, NORM_TYPES),
         )
         for name, value, allowed in choices:
             if value not in allowed:
@@ -96,6 +124,7 @@ class TransformerConfig:
                 f"remat_policy {self.remat_policy!r} is neither 'none', 'full' nor a "
                 "jax.checkpoint_policies name (e.g. 'dots_with_no_batch_dims_saveable')"
             )
+        self._check_decoder_only_options()
         if self.position_embedding == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
         for name in (
@@ -111,6 +140,35 @@ class TransformerConfig:
                     f"TransformerConfig.{name} must be >= 1, got {getattr(self, name)}"
                 )
 
+    def _check_decoder_only_options(self):
+        used = [
+            name
+            for name, on in (
+                ("position_embedding='learned'", self.position_embedding == "learned"),
+                ("post_layer_norm", self.post_layer_norm),
+                ("embed_proj_dim", self.embed_proj_dim is not None),
+                ("sliding_window", self.sliding_window is not None),
+            )
+            if on
+        ]
+        if used and self.num_encoder_layers:
+            raise ValueError(
+                f"TransformerConfig {', '.join(used)} are decoder-only options; got "
+                f"num_encoder_layers={self.num_encoder_layers} (set it to 0)"
+            )
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1 or None, got {self.sliding_window}")
+        if self.position_embedding == "learned" and self.max_position_embeddings < 1:
+            raise ValueError(
+                f"learned positions need max_position_embeddings >= 1, got "
+                f"{self.max_position_embeddings}"
+            )
+
+    @property
+    def model_width(self) -> int:
+        """Width of the token embedding table (embed_proj_dim, defaulting to emb_dim)."""
+        return self.emb_dim if self.embed_proj_dim is None else self.embed_proj_dim
+
     @property
     def kv_heads(self) -> int:
         """Key/value heads (num_kv_heads, defaulting to num_heads)."""
@@ -120,6 +178,12 @@ class TransformerConfig:
     def compute_dtype(self):
         """The jnp compute dtype."""
         return DTYPES[self.dtype]
+
+
+def make_norm(cfg: TransformerConfig, name: str) -> nn.Module:
+    """RMSNorm (scale) or LayerNorm (scale and bias), as cfg.norm_type says."""
+    cls = layers.LayerNorm if cfg.norm_type == "layernorm" else layers.RMSNorm
+    return cls(cfg.layer_norm_epsilon, cfg.compute_dtype, name=name)
 
 
 def _attention(cfg: TransformerConfig, name: str, deterministic: bool, decode: bool = False):
@@ -132,6 +196,8 @@ def _attention(cfg: TransformerConfig, name: str, deterministic: bool, decode: b
         scale_logits=cfg.scale_attention_logits,
         rope_theta=cfg.rope_theta if cfg.position_embedding == "rope" else None,
         impl=cfg.attention_impl,
+        qkv_bias=cfg.use_bias or cfg.qkv_bias,
+        out_bias=cfg.use_bias,
         deterministic=deterministic,
         decode=decode,
         name=name,
@@ -145,8 +211,21 @@ class _Block(nn.Module):
     deterministic: bool = True
     decode: bool = False
 
-    def norm(self, name: str) -> layers.RMSNorm:
-        return layers.RMSNorm(self.config.layer_norm_epsilon, self.config.compute_dtype, name=name)
+    def norm(self, name: str) -> nn.Module:
+        return make_norm(self.config, name)
+
+    def relpos(self, bias: Array, q_len: int, start: Array | None, bidirectional: bool) -> Array:
+        """bias plus this layer's own relative position bias (UMT5), from array slots."""
+        cfg = self.config
+        if not (cfg.relpos_per_layer and cfg.position_embedding == "relative"):
+            return bias
+        q_idx = jnp.arange(q_len) + (0 if start is None else start)
+        k_idx = jnp.arange(bias.shape[-1])
+        table = layers.RelativePositionBiases(
+            cfg.num_heads, cfg.relpos_num_buckets, cfg.relpos_max_distance, cfg.compute_dtype,
+            name="relpos_bias",
+        )  # fmt: skip
+        return bias + table(q_idx, k_idx, bidirectional=bidirectional)
 
     def dropout(self, x: Array) -> Array:
         return nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))(
@@ -161,6 +240,7 @@ class _Block(nn.Module):
             cfg.dropout_rate,
             cfg.compute_dtype,
             self.deterministic,
+            use_bias=cfg.use_bias,
             name="mlp",
         )(x)
 
@@ -171,6 +251,7 @@ class EncoderLayer(_Block):
     @nn.compact
     def __call__(self, x: Array, bias: Array, positions: Array | None) -> tuple[Array, None]:
         """x [batch, length, embed], bias [batch|1, heads|1, length, length]."""
+        bias = self.relpos(bias, x.shape[1], None, bidirectional=True)
         y = self.norm("pre_attention_layer_norm")(x)
         y = _attention(self.config, "attention", self.deterministic)(
             y, y, bias, positions, positions
@@ -197,6 +278,9 @@ class DecoderLayer(_Block):
     ) -> tuple[Array, None]:
         """x [batch, length, embed]; encoded [batch, enc_length, embed] when cross_attention."""
         cfg = self.config
+        if cfg.post_layer_norm:
+            return self._post_norm(x, bias, positions, cache_index), None
+        bias = self.relpos(bias, x.shape[1], cache_index, bidirectional=False)
         h = self.norm("pre_self_attention_layer_norm")(x)
         attn = _attention(cfg, "self_attention", self.deterministic, self.decode)
         y = attn(h, h, bias, positions, positions, cache_index)
@@ -212,6 +296,14 @@ class DecoderLayer(_Block):
             x = x + self.dropout(y)
         y = self.dropout(self.mlp(self.norm("pre_mlp_layer_norm")(x)))
         return layers.constrain(x + y, EMBED_AXES), None
+
+    def _post_norm(self, x, bias, positions, cache_index) -> Array:
+        """OPT-350m's post-LN layer: norm(x + attention(x)), then norm(x + mlp(x))."""
+        attn = _attention(self.config, "self_attention", self.deterministic, self.decode)
+        y = attn(x, x, bias, positions, positions, cache_index)
+        x = self.norm("post_self_attention_layer_norm")(x + self.dropout(y))
+        y = self.dropout(self.mlp(x))
+        return layers.constrain(self.norm("post_mlp_layer_norm")(x + y), EMBED_AXES)
 
 
 def run_layers(

@@ -1,4 +1,5 @@
-"""Hugging Face safetensors dirs <-> flan_jax params for T5 (v1.1, Flan-T5, original) and Llama.
+"""Hugging Face safetensors dirs <-> flan_jax params: T5 (v1.1, Flan-T5, original), mT5, UMT5,
+Llama, Qwen2, Mistral and OPT (flan_jax.convert.hf_opt).
 
 Dense kernels are transposed (torch Linear [out, in] vs flax [in, out]); head layouts need no
 permutation: flan_jax uses HF's `head * head_dim + d` columns and rotate-half RoPE.
@@ -6,6 +7,7 @@ permutation: flan_jax uses HF's `head * head_dim + d` columns and rotate-half Ro
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -17,11 +19,17 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from flan_jax import convert, network
+from flan_jax.convert import hf_opt
 
 Params = dict[str, Any]
 SUPPORTED_ARCHITECTURES = {
     "T5ForConditionalGeneration": "encoder_decoder",
+    "MT5ForConditionalGeneration": "encoder_decoder",
+    "UMT5ForConditionalGeneration": "encoder_decoder",
     "LlamaForCausalLM": "decoder_only",
+    "Qwen2ForCausalLM": "decoder_only",
+    "MistralForCausalLM": "decoder_only",
+    hf_opt.ARCHITECTURE: "decoder_only",
 }
 # HF T5 dense_act_fn -> flan_jax activation name
 T5_ACTIVATIONS = {
@@ -81,7 +89,8 @@ def _t5_config(c: dict[str, Any]) -> network.TransformerConfig:
         num_encoder_layers=c["num_layers"],
         num_decoder_layers=c.get("num_decoder_layers") or c["num_layers"],
         mlp_activations=(act, "linear") if gated else (act,),
-        logits_via_embedding=_t5_scales_logits(c),
+        # tied and scaled: the embedding serves as head; scaled but untied: a scaled logits_dense
+        logits_via_embedding=_t5_scales_logits(c) and c.get("tie_word_embeddings", True),
         relpos_num_buckets=c.get("relative_attention_num_buckets", 32),
         relpos_max_distance=c.get("relative_attention_max_distance", 128),
         layer_norm_epsilon=c.get("layer_norm_epsilon", 1e-6),
@@ -126,11 +135,38 @@ def _llama_config(c: dict[str, Any]) -> network.TransformerConfig:
     )
 
 
+def _qwen2_config(c: dict[str, Any]) -> network.TransformerConfig:
+    """Qwen2: Llama with biases on query/key/value (not on out)."""
+    if c.get("use_sliding_window"):
+        raise ValueError(
+            "Qwen2 use_sliding_window=True (windowed attention on some layers only) is not "
+            "supported; flan_jax converts Qwen2 with full attention on every layer"
+        )
+    return dataclasses.replace(_llama_config(c), qkv_bias=True)
+
+
+def _mistral_config(c: dict[str, Any]) -> network.TransformerConfig:
+    """Mistral: Llama with sliding-window attention (keys fewer than sliding_window behind)."""
+    return dataclasses.replace(_llama_config(c), sliding_window=c.get("sliding_window"))
+
+
+CONFIGS = {
+    "T5ForConditionalGeneration": _t5_config,
+    "MT5ForConditionalGeneration": _t5_config,
+    "UMT5ForConditionalGeneration": lambda c: dataclasses.replace(
+        _t5_config(c), relpos_per_layer=True
+    ),
+    "LlamaForCausalLM": _llama_config,
+    "Qwen2ForCausalLM": _qwen2_config,
+    "MistralForCausalLM": _mistral_config,
+    hf_opt.ARCHITECTURE: hf_opt.opt_config,
+}
+
+
 def config_from_hf(hf_config: dict[str, Any]) -> tuple[str, network.TransformerConfig]:
     """(flan architecture, TransformerConfig) for a HF config.json dict."""
     name = hf_architecture(hf_config)
-    make = _t5_config if name == "T5ForConditionalGeneration" else _llama_config
-    return SUPPORTED_ARCHITECTURES[name], make(hf_config)
+    return SUPPORTED_ARCHITECTURES[name], CONFIGS[name](hf_config)
 
 
 def _mlp_names(cfg: network.TransformerConfig) -> list[str]:
@@ -149,8 +185,10 @@ def t5_entries(cfg: network.TransformerConfig) -> Iterator[Entry]:
     yield ("token_embedder", "embedding"), "shared.weight", "copy"
     qkvo = ("q", "k", "v", "o")
     for stack, n in (("encoder", cfg.num_encoder_layers), ("decoder", cfg.num_decoder_layers)):
-        rel = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
-        yield (stack, "relpos_bias", "rel_embedding"), rel, "dense"
+        rel = "layer.0.SelfAttention.relative_attention_bias.weight"
+        for i in range(n) if cfg.relpos_per_layer else [None]:  # UMT5: a table per layer
+            flan = (stack, "relpos_bias") if i is None else (stack, f"layers_{i}", "relpos_bias")
+            yield (*flan, "rel_embedding"), f"{stack}.block.{i or 0}.{rel}", "dense"
         yield (stack, f"{stack}_norm", "scale"), f"{stack}.final_layer_norm.weight", "copy"
         for i in range(n):
             hf, flan = f"{stack}.block.{i}.layer", (stack, f"layers_{i}")
@@ -214,8 +252,28 @@ def llama_entries(cfg: network.TransformerConfig) -> Iterator[Entry]:
             yield (*flan, "mlp", flan_name, "kernel"), f"{hf}.mlp.{hf_name}.weight", "dense"
 
 
-def _entries(architecture: str, cfg: network.TransformerConfig) -> Iterator[Entry]:
-    return t5_entries(cfg) if architecture == "encoder_decoder" else llama_entries(cfg)
+def qwen2_entries(cfg: network.TransformerConfig) -> Iterator[Entry]:
+    """Llama's tensors plus the query/key/value biases."""
+    yield from llama_entries(cfg)
+    for i in range(cfg.num_decoder_layers):
+        for flan, short in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
+            path = ("decoder", f"layers_{i}", "self_attention", flan, "bias")
+            yield path, f"model.layers.{i}.self_attn.{short}.bias", "copy"
+
+
+def _entries(family: str, cfg: network.TransformerConfig) -> Iterator[Entry]:
+    """Tensor entries of a HF architecture name (SUPPORTED_ARCHITECTURES)."""
+    if SUPPORTED_ARCHITECTURES[family] == "encoder_decoder":
+        return t5_entries(cfg)
+    if family == hf_opt.ARCHITECTURE:
+        return hf_opt.opt_entries(cfg)
+    return qwen2_entries(cfg) if family == "Qwen2ForCausalLM" else llama_entries(cfg)
+
+
+def _embed_name(family: str) -> str:
+    if SUPPORTED_ARCHITECTURES[family] == "encoder_decoder":
+        return "shared.weight"
+    return hf_opt.EMBED_NAME if family == hf_opt.ARCHITECTURE else "model.embed_tokens.weight"
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -245,16 +303,15 @@ def _get(tree: Params, path: tuple[str, ...]) -> np.ndarray:
     return tree
 
 
-def _logits_kernel(architecture, cfg, hf_config, tensors) -> np.ndarray | None:
-    """flan `logits_dense` kernel [embed, vocab], or None when the model ties and scales."""
-    embed_name = (
-        "shared.weight" if architecture == "encoder_decoder" else "model.embed_tokens.weight"
-    )
+def _logits_kernel(family, cfg, hf_config, tensors) -> np.ndarray | None:
+    """flan `logits_dense` kernel [embed, vocab], or None when the model ties its head."""
+    architecture = SUPPORTED_ARCHITECTURES[family]
+    embed_name = _embed_name(family)
     head = tensors.get("lm_head.weight", tensors[embed_name])
     if cfg.logits_via_embedding:
         if not np.array_equal(head, tensors[embed_name]):
             raise ValueError(
-                "T5 with scaled tied logits has an lm_head.weight differing from shared.weight"
+                f"{family} ties its output head, but lm_head.weight differs from {embed_name}"
             )
         return None
     scale = (
@@ -273,13 +330,14 @@ def hf_to_flan(path: str) -> tuple[Params, str, network.TransformerConfig, dict[
         does not match config.json (naming both shapes).
     """
     hf_config = read_hf_config(path)
+    family = hf_architecture(hf_config)
     architecture, cfg = config_from_hf(hf_config)
     expected = convert.expected_param_shapes(architecture, cfg)
     tensors = _Tracked(read_safetensors(path))
     if "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
         tensors["shared.weight"] = tensors["encoder.embed_tokens.weight"]
     params: Params = {}
-    for flan, name, kind in _entries(architecture, cfg):
+    for flan, name, kind in _entries(family, cfg):
         if name not in tensors:
             raise ValueError(f"{path}: tensor {name!r} (flan {'/'.join(flan)}) is missing")
         value = np.ascontiguousarray(tensors[name].T) if kind == "dense" else tensors[name]
@@ -291,7 +349,7 @@ def hf_to_flan(path: str) -> tuple[Params, str, network.TransformerConfig, dict[
                 "does not match the weights"
             )
         _set(params, flan, value)
-    kernel = _logits_kernel(architecture, cfg, hf_config, tensors)
+    kernel = _logits_kernel(family, cfg, hf_config, tensors)
     if kernel is not None:
         _set(params, ("decoder", "logits_dense", "kernel"), kernel)
     convert.check_param_shapes(params, expected, path)
@@ -316,7 +374,9 @@ class _Tracked(dict):
         return super().get(name, default)
 
 
-_BUFFERS = ("rotary_emb.inv_freq",)  # recomputed from config.json, not weights
+# recomputed from config.json, not weights; UMT5's cross-attention relative bias, which HF
+# saves but never uses (cross-attention has no position bias)
+_BUFFERS = ("rotary_emb.inv_freq", "EncDecAttention.relative_attention_bias.weight")
 
 
 def _check_consumed(path: str, tensors: _Tracked, hf_config: dict[str, Any]) -> None:
@@ -339,10 +399,50 @@ def _check_consumed(path: str, tensors: _Tracked, hf_config: dict[str, Any]) -> 
         )
 
 
-def _hf_config_for(architecture: str, cfg: network.TransformerConfig, base: dict[str, Any]) -> dict:
-    """config.json for the HF model equivalent to cfg (keeping token ids etc. from base)."""
+def _export_family(architecture: str, cfg: network.TransformerConfig, base: dict) -> str:
+    """The HF architecture to write: the source's (when converted from HF), else inferred."""
+    names = base.get("architectures") or []
+    if names and names[0] in SUPPORTED_ARCHITECTURES:
+        if SUPPORTED_ARCHITECTURES[names[0]] != architecture:
+            raise ValueError(f"hf_config names {names[0]} but the model is {architecture}")
+        return names[0]
     if architecture == "encoder_decoder":
-        return {**base, **_t5_hf_config(cfg)}
+        return (
+            "UMT5ForConditionalGeneration" if cfg.relpos_per_layer else "T5ForConditionalGeneration"
+        )
+    if cfg.position_embedding == "learned":
+        return hf_opt.ARCHITECTURE
+    if cfg.qkv_bias:
+        return "Qwen2ForCausalLM"
+    return "MistralForCausalLM" if cfg.sliding_window else "LlamaForCausalLM"
+
+
+def _hf_config_for(family: str, cfg: network.TransformerConfig, base: dict[str, Any]) -> dict:
+    """config.json for the HF model equivalent to cfg (keeping token ids etc. from base)."""
+    if SUPPORTED_ARCHITECTURES[family] == "encoder_decoder":
+        kind = {"MT5ForConditionalGeneration": "mt5", "UMT5ForConditionalGeneration": "umt5"}
+        mt5 = {"architectures": [family], "model_type": kind[family]} if family in kind else {}
+        return {**base, **_t5_hf_config(cfg), **mt5}
+    if family == hf_opt.ARCHITECTURE:
+        return hf_opt.opt_hf_config(cfg, base)
+    config = _llama_hf_config(cfg, base)
+    if family == "Qwen2ForCausalLM":
+        config.update(architectures=[family], model_type="qwen2", use_sliding_window=False)
+        config.pop("attention_bias"), config.pop("mlp_bias")
+    elif family == "MistralForCausalLM":
+        config.update(
+            architectures=[family], model_type="mistral", sliding_window=cfg.sliding_window
+        )
+    return config
+
+
+def _llama_hf_config(cfg: network.TransformerConfig, base: dict[str, Any]) -> dict:
+    if cfg.use_bias or cfg.norm_type != "rms" or cfg.embed_proj_dim is not None:
+        raise ValueError(
+            "Llama-style export needs RMSNorm, no projection biases and no embed_proj_dim; "
+            f"got norm_type={cfg.norm_type!r}, use_bias={cfg.use_bias}, "
+            f"embed_proj_dim={cfg.embed_proj_dim}"
+        )
     if cfg.position_embedding != "rope" or cfg.parallel_block or not cfg.scale_attention_logits:
         raise ValueError(
             "only Llama-style decoder-only models (rope, scaled logits, sequential block) "
@@ -408,8 +508,10 @@ def flan_to_hf(
     convert.check_param_shapes(
         params, convert.expected_param_shapes(architecture, cfg), "flan params"
     )
+    base = dict(hf_config or {})
+    family = _export_family(architecture, cfg, base)
     tensors = {}
-    for flan, name, kind in _entries(architecture, cfg):
+    for flan, name, kind in _entries(family, cfg):
         value = np.asarray(_get(params, flan))
         tensors[name] = np.ascontiguousarray(value.T if kind == "dense" else value)
     if not cfg.logits_via_embedding:
@@ -417,7 +519,7 @@ def flan_to_hf(
         tensors["lm_head.weight"] = np.ascontiguousarray(head.T)
     os.makedirs(dst, exist_ok=True)
     save_file(tensors, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
-    config = _hf_config_for(architecture, cfg, dict(hf_config or {}))
+    config = _hf_config_for(family, cfg, base)
     config["dtype"] = str(next(iter(tensors.values())).dtype)
     with open(os.path.join(dst, "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)

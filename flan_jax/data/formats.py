@@ -18,6 +18,9 @@ NOOPT_FORMATS = ("zs_noopt", "fs_noopt")
 RANK_FORMATS = ("zs_opt", "fs_opt")  # formats whose `options` feature lists scorable targets
 ASSIGNMENTS = ("round_robin", "random")
 OPTIONS_STYLES = ("fixed", "random")
+# OPT-IML's choice of what joins an instruction to its output, drawn per example when a task
+# sets `output_separators` (e.g. OPT_IML_SEPARATORS).
+OPT_IML_SEPARATORS = ("\n", "\n\n", " ", "\nOutput:", "\nAnswer:", "\nA:")
 
 FIXED_HEADER = "OPTIONS:"
 OPTION_HEADERS = (
@@ -199,8 +202,14 @@ class RenderSettings:
     options_style: str = "fixed"
     few_shot: FewShotConfig = FewShotConfig()
     seed: int = 0
+    output_separators: Sequence[str] = ()  # () : none; else one drawn per example
 
     def __post_init__(self):
+        if isinstance(self.output_separators, str):
+            raise ValueError(
+                f"output_separators must be a list of strings, got the string "
+                f"{self.output_separators!r}; write [{self.output_separators!r}]"
+            )
         if self.format not in FORMATS:
             raise ValueError(f"format {self.format!r} is not one of {FORMATS}")
         if self.assignment not in ASSIGNMENTS:
@@ -263,8 +272,31 @@ def render_example(
     if s.format in FEW_SHOT_FORMATS:
         exclude = index if split == "train" else None
         chosen = draw_exemplars(pool, example, s.few_shot.num_exemplars, rng, exclude_index=exclude)
-        shots, query = few_shot_parts([one(x)[:2] for x in chosen], inputs, s.few_shot)
-        inputs = join_few_shot(shots, query, s.few_shot, fits)
+        few_shot = _with_separator(s, rng)
+        shots, query = few_shot_parts([one(x)[:2] for x in chosen], inputs, few_shot)
+        query += _query_separator(few_shot, s)
+        inputs = join_few_shot(shots, query, few_shot, fits)
+    elif s.output_separators:
+        inputs += s.output_separators[rng.randrange(len(s.output_separators))]
     kind = s.format + ("_inverted" if template.inverted else "")
     scorable = scorable if s.format in RANK_FORMATS else []
     return Rendered(inputs, targets, idx, kind, scorable, shots, query)
+
+
+def _with_separator(s: RenderSettings, rng: random.Random) -> FewShotConfig:
+    """The few-shot config with this example's drawn output separator (drawn last, so tasks
+    without output_separators render exactly as before)."""
+    if not s.output_separators:
+        return s.few_shot
+    sep = s.output_separators[rng.randrange(len(s.output_separators))]
+    return dataclasses.replace(s.few_shot, input_target_separator=sep)
+
+
+def _query_separator(few_shot: FewShotConfig, s: RenderSettings) -> str:
+    """The drawn separator also ends the query (the model writes the output after it), unless
+    a targets_prefix already ends it."""
+    return (
+        few_shot.input_target_separator
+        if s.output_separators and not few_shot.targets_prefix
+        else ""
+    )

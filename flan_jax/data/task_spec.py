@@ -49,6 +49,7 @@ class TaskSpec:
     options_style: str = "fixed"
     few_shot: formats_lib.FewShotConfig = formats_lib.FewShotConfig()
     seed: int = 0
+    output_separators: tuple[str, ...] = ()  # OPT-IML: one drawn per example (formats.py)
     vocabulary: str = "t5"
     num_examples: Mapping[str, int] = dataclasses.field(default_factory=dict)
     metrics: tuple[str, ...] = ()
@@ -113,6 +114,9 @@ class TaskSpec:
             options_style=self.options_style,
             few_shot=self.few_shot,
             seed=self.seed,
+            output_separators=tuple(self.output_separators)
+            if not isinstance(self.output_separators, str)
+            else self.output_separators,
         )
 
 
