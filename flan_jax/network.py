@@ -136,9 +136,7 @@ def _add_absolute_positions(cfg: TransformerConfig, x: Array, positions: Array) 
 def _fused(cfg: TransformerConfig) -> bool:
     """The fused kernels take segment ids and one relative bias: per-layer relative biases
     (UMT5) and sliding windows (Mistral) keep the dense-bias path."""
-    return (
-        cfg.attention_impl == "fused" and not cfg.relpos_per_layer and cfg.sliding_window is None
-    )
+    return cfg.attention_impl == "fused" and not cfg.relpos_per_layer and cfg.sliding_window is None
 
 
 def _window(mask: Array, q_idx: Array, k_idx: Array, window: int | None) -> Array:
