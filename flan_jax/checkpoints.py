@@ -41,11 +41,19 @@ class CheckpointConfig:
             raise ValueError(f"keep ({self.keep}) must be >= 1 or None")
 
 
+def absolute_path(path: str) -> str:
+    """`path` made absolute (orbax refuses relative paths); URLs such as gs:// stay as they are."""
+    if "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
 class Checkpointer:
     """Saves and restores `{step, params, opt_state}` plus the data iterator under model_dir."""
 
     def __init__(self, model_dir: str, config: CheckpointConfig):
         self.config = config
+        model_dir = absolute_path(model_dir)
         self.directory = os.path.join(model_dir, "checkpoints")
         self._iter_root = os.path.join(model_dir, _ITER_DIR)
         options = ocp.CheckpointManagerOptions(
@@ -130,7 +138,7 @@ def load_initial_params(path: str, abstract_params: PyTree) -> PyTree:
     `path` is a flan_jax model dir / checkpoint dir / step dir (orbax; optimizer state is
     ignored), or anything `flan_jax.convert.load_params` reads (HF or T5X checkpoints).
     """
-    item = _orbax_item_dir(path)
+    item = _orbax_item_dir(absolute_path(path))
     if item is not None:
         restore_args = jax.tree.map(
             lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract_params

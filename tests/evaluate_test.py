@@ -244,7 +244,7 @@ def test_write_results_files_metrics_jsonl_and_tensorboard(tiny, tmp_path):
     )
     line = json.loads(open(tmp_path / "metrics.jsonl").read())
     acc = [results[n].metrics["accuracy"] for n in ("eval_test_cls", "eval_test_gen")]
-    assert line == {"step": 7, **scalars}
+    assert line == {"kind": "infer_eval", "step": 7, "time": pytest.approx(line["time"]), **scalars}
     assert scalars["eval_cluster/toy/accuracy"] == pytest.approx(sum(acc) / 2)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "eval"))
 
@@ -340,7 +340,9 @@ def test_main_evaluates_a_trainer_checkpoint_and_writes_every_output(tmp_path, c
     accuracy = 100.0 * sum(r["prediction"] == r["target"] for r in rows) / 3
     line = json.loads(open(f"{out}/metrics.jsonl").read())
     assert line == {
+        "kind": "infer_eval",
         "step": 12,
+        "time": line["time"],
         "eval/tiny_height_nli_zs_opt/accuracy": pytest.approx(accuracy),
         "eval_cluster/nli/accuracy": pytest.approx(accuracy),
     }
