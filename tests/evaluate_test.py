@@ -400,3 +400,27 @@ def test_rank_classification_matches_transformers_log_likelihoods(tiny, tmp_path
         np.testing.assert_allclose(record["option_scores"], want, atol=1e-4)
         chosen.append(OPTIONS[int(np.argmax(want))])
     assert [r["prediction"] for r in result.records] == chosen
+
+
+def test_each_task_is_evaluated_on_its_own_split_unless_one_is_named():
+    """EVAL_SPLIT None: validation where a task has it, else test (MMLU, BBH, GSM8K); a named
+    split the task lacks is an error naming the splits it has (BBH used to run on test)."""
+    from flan_jax import benchmarks, inference
+
+    benchmarks.register(vocabulary=VOCAB)
+    mmlu = seqio.get_mixture_or_task("mmlu_anatomy_0shot")
+    bbh = seqio.get_mixture_or_task("bbh_navigate_direct")
+    _register("eval_test_split", options=True)
+    flan = seqio.get_mixture_or_task("eval_test_split")
+    assert [inference.task_split(t, None) for t in (mmlu, bbh, flan)] == [
+        "test",
+        "test",
+        "validation",
+    ]
+    assert inference.task_split(mmlu, "test") == "test"
+    with pytest.raises(
+        ValueError, match=r"'bbh_navigate_direct' has no split 'validation'; it has \['test'\]"
+    ):
+        inference.task_split(bbh, "validation")
+    with pytest.raises(ValueError, match="has no split 'train'"):
+        inference.load_examples(flan, "train", {"inputs": 8, "targets": 4}, 1)
