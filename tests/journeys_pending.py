@@ -1,9 +1,10 @@
 """The train -> eval -> infer -> generate -> convert journey and the demo journey.
 
-PENDING (not collected: the name does not end in _test.py): written against the commands
-tests/journeys_test.py extracts from README.md, but not yet seen passing end to end (the
-machine was too loaded to finish them before the deadline). Rename to
-tests/journeys_run_test.py once `pytest tests/journeys_pending.py` passes.
+PENDING (not collected: the name does not end in _test.py). The demo test passed
+(805 s wall on a loaded machine; each reduced demo run is ~170 CPU s, mostly evaluating 17
+tasks before and after: too slow for the suite's budget until the demo can evaluate fewer
+tasks). The train -> ... -> convert tests were not yet seen passing end to end (each command
+was run by hand and worked). Rename to tests/journeys_run_test.py once they pass in budget.
 """
 
 from __future__ import annotations
