@@ -28,7 +28,7 @@ demo: install
 	$(VENV)/bin/flan-jax demo
 
 test: install-test
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup tests  # loadgroup: a journey file shares one trained run
 
 lint: install-test
 	$(VENV)/bin/ruff check .

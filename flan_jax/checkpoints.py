@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -100,6 +101,13 @@ def _barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def absolute_path(path: str) -> str:
+    """`path` made absolute (orbax refuses relative paths); URLs such as gs:// stay as they are."""
+    if "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
 class Checkpointer:
     """Saves and restores `{step, params, opt_state}` plus the data state under model_dir.
 
@@ -109,7 +117,7 @@ class Checkpointer:
 
     def __init__(self, model_dir: str, config: CheckpointConfig):
         self.config = config
-        self.model_dir = epath.Path(model_dir)
+        self.model_dir = epath.Path(absolute_path(model_dir))
         self.directory = str(self.model_dir / files.CHECKPOINTS)
         # orbax keeps everything: old steps are removed here, only after a newer one commits
         options = ocp.CheckpointManagerOptions(
@@ -360,7 +368,7 @@ def load_initial_params(path: str, abstract_params: PyTree) -> PyTree:
     `path` is a flan_jax model dir / checkpoint dir / step dir (orbax; optimizer state is
     ignored), or anything `flan_jax.convert.load_params` reads (HF or T5X checkpoints).
     """
-    item = _orbax_item_dir(path)
+    item = _orbax_item_dir(absolute_path(path))
     if item is not None:
         restore_args = jax.tree.map(
             lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), abstract_params

@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 from tensorflow.core.framework import summary_pb2
 
 from flan_jax import metrics as metrics_lib
+from flan_jax import metrics_log
 from flan_jax.decoding import DecodeConfig
 from flan_jax.infer import (
     Model,
@@ -178,7 +179,7 @@ def evaluate_task(
     params: Any,
     task_name: str,
     *,
-    split: str,
+    split: str | None,
     feature_lengths: dict[str, int],
     config: EvalConfig,
     mesh: Mesh | None = None,
@@ -251,12 +252,15 @@ def run_evaluation(
     params: Any,
     task_names: Sequence[str],
     *,
-    split: str,
+    split: str | None,
     feature_lengths: dict[str, int],
     config: EvalConfig,
     mesh: Mesh | None = None,
 ) -> dict[str, TaskResult]:
-    """Evaluates every task of the given tasks and mixtures; params are placed on `mesh`."""
+    """Evaluates every task of the given tasks and mixtures; params are placed on `mesh`.
+
+    `split` None: each task on its own eval split (validation, else test).
+    """
     params = place_params(params, mesh)
     return {
         name: evaluate_task(
@@ -277,7 +281,7 @@ def evaluate_tasks(
     params: Any,
     task_names: Sequence[str],
     *,
-    split: str,
+    split: str | None,
     feature_lengths: dict[str, int],
     mesh: Mesh | None = None,
     batch_size: int = 8,
@@ -338,7 +342,8 @@ def write_scalars(logdir: str, scalars: dict[str, float], step: int) -> None:
 
 
 def write_results(model_dir: str, step: int, results: dict[str, TaskResult]) -> dict[str, float]:
-    """Writes eval/<step>/<task>.jsonl inferences, a metrics.jsonl line and TensorBoard scalars.
+    """Writes eval/<step>/<task>.jsonl inferences, a metrics.jsonl line (kind "infer_eval")
+    and TensorBoard scalars.
 
     Returns:
       the flat scalars written: `eval/<task>/<metric>` and `eval_cluster/<cluster>/<metric>`.
@@ -354,8 +359,7 @@ def write_results(model_dir: str, step: int, results: dict[str, TaskResult]) -> 
         for c, ms in cluster_metrics(results).items()
         for m, v in ms.items()
     }
-    with tf.io.gfile.GFile(os.path.join(model_dir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps({"step": step, **scalars}) + "\n")
+    metrics_log.append_records(model_dir, [metrics_log.metrics_record("infer_eval", step, scalars)])
     write_scalars(os.path.join(model_dir, "eval"), scalars, step)
     return scalars
 
@@ -370,7 +374,7 @@ def evaluate_checkpoint(
     mixture_or_task_name: str,
     model_dir: str,
     feature_lengths: dict[str, int],
-    split: str = "validation",
+    split: str | None = None,
     config: EvalConfig = EvalConfig(),
     mesh: Mesh | None = None,
     mixture_or_task_module: str | None = None,
@@ -429,9 +433,13 @@ def _add_suite_flags(parser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`flan-jax eval --gin_file=models/... --gin_file=runs/eval.gin --gin.CHECKPOINT_PATH=...
+    """`flan-jax eval --gin_file=runs/eval.gin --gin.CHECKPOINT_PATH=...
     --gin.MIXTURE_OR_TASK_NAME=... --gin.MODEL_DIR=...` (or `--suite flan2022` instead of
-    MIXTURE_OR_TASK_NAME); returns the exit code."""
+    MIXTURE_OR_TASK_NAME); returns the exit code.
+
+    MODEL and TASK_FEATURE_LENGTHS come from the config.gin of the run CHECKPOINT_PATH (or
+    MODEL_DIR) belongs to, unless the command line sets them (a model gin, --gin.X=...).
+    """
     import gin
     from flan_jax import gin_flags
 
@@ -441,7 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     gin.clear_config()
     parser = gin_flags.make_parser("flan-jax eval")
     _add_suite_flags(parser)
-    args = gin_flags.parse(argv, "flan-jax eval", parser)
+    args = gin_flags.parse(
+        argv, "flan-jax eval", parser, run_dir_macros=("CHECKPOINT_PATH", "MODEL_DIR")
+    )
+    gin_flags.require_macros(
+        ("MODEL", "TASK_FEATURE_LENGTHS"), "flan-jax eval", gin_flags.NO_RUN_CONFIG
+    )
     suite = None
     if args.suite is not None:
         from flan_jax import suites  # noqa: PLC0415
@@ -458,9 +471,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     gin_flags.enable_compilation_cache(args)  # before anything compiles
     gin_flags.initialize_distributed(args)
+    if args.run_macros.get("MIXTURE_OR_TASK_MODULE"):  # the module that registered the run's tasks
+        importlib.import_module(args.run_macros["MIXTURE_OR_TASK_MODULE"])
     # `python -m` runs this file as __main__: use the module gin registered
     run = gin.get_configurable(importlib.import_module("flan_jax.evaluate").evaluate_checkpoint)
-    run(suite=suite) if suite is not None else run()
+    try:
+        run(suite=suite) if suite is not None else run()
+    except ValueError as e:  # e.g. a task without the requested split
+        print(f"flan-jax eval: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -152,18 +152,14 @@ def load_run_model(model_dir: str) -> RunModel:
         )
     gin.clear_config()
     gin.parse_config_file(path)
-
-    def macro(name: str, default: Any) -> Any:
-        try:
-            return gin.query_parameter(f"%{name}")
-        except ValueError:
-            return default
-
+    macro = gin_flags.macro_value  # MODEL in its own scope: train's MODEL/-scoped bindings apply
+    if macro("MODEL") is None:
+        raise ValueError(f"{path} sets no MODEL; --model_dir must be a `flan-jax train` MODEL_DIR")
     return RunModel(
-        model=gin.query_parameter("%MODEL").scoped_configurable_fn(),
-        feature_lengths=dict(macro("TASK_FEATURE_LENGTHS", None) or DEFAULT_LENGTHS),
-        task=macro("MIXTURE_OR_TASK_NAME", None),
-        task_module=macro("MIXTURE_OR_TASK_MODULE", None),
+        model=macro("MODEL"),
+        feature_lengths=dict(macro("TASK_FEATURE_LENGTHS") or DEFAULT_LENGTHS),
+        task=macro("MIXTURE_OR_TASK_NAME"),
+        task_module=macro("MIXTURE_OR_TASK_MODULE"),
     )
 
 

@@ -140,11 +140,19 @@ def missing_macros(names: Sequence[str]) -> list[str]:
 
 
 def parse(
-    argv: Sequence[str], prog: str, parser: argparse.ArgumentParser | None = None
+    argv: Sequence[str],
+    prog: str,
+    parser: argparse.ArgumentParser | None = None,
+    *,
+    run_dir_macros: Sequence[str] = (),
 ) -> argparse.Namespace:
     """Parses flags and gin; fails naming any required macro left unset (before any compile).
 
     `parser` is `make_parser(prog)` with an entry point's own flags added (default: as is).
+    `run_dir_macros` (eval, infer: CHECKPOINT_PATH, MODEL_DIR) name the run whose
+    MODEL_DIR/config.gin supplies MODEL and TASK_FEATURE_LENGTHS where the command line
+    leaves them unset (`_inherit_run_config`); `args.run_config` is its path (or None) and
+    `args.run_macros` the run's RUN_MACROS.
     """
     gin.clear_config()  # an in-process second run (tests, notebooks) starts from nothing
     rest, macro_flags = split_gin_flags(argv)
@@ -157,6 +165,11 @@ def parse(
     parse_gin(
         args.gin_file, [(f"--gin_bindings={b}", b) for b in args.gin_bindings], macro_flags, paths
     )
+    files = [_find(f, paths) for f in args.gin_file]
+    args.run_config, args.run_macros = None, {}
+    if run_dir_macros:
+        bindings = [*args.gin_bindings, *(b for _, b in macro_flags)]
+        args.run_config, args.run_macros = _inherit_run_config(files, bindings, run_dir_macros)
     missing = missing_macros(required_macros(args.gin_file, paths))
     if missing:
         raise ValueError(
@@ -191,6 +204,88 @@ def parse_gin(
     )
     for flag, binding in [*bindings, *macro_flags]:
         gin_errors.parse_binding(flag, binding)
+
+
+# What eval / infer / generate take from the run they are pointed at.
+RUN_MACROS = ("TASK_FEATURE_LENGTHS", "MIXTURE_OR_TASK_NAME", "MIXTURE_OR_TASK_MODULE")
+NO_RUN_CONFIG = (
+    "CHECKPOINT_PATH is not a `flan-jax train` MODEL_DIR with a config.gin; give a model gin "
+    "(--gin_file=models/...) and --gin.TASK_FEATURE_LENGTHS=\"{'inputs': 512, 'targets': 128}\""
+)
+
+
+def macro_value(name: str, default=None):
+    """The value of macro `name` as `%name` gives it, or `default` when it is unset.
+
+    A macro is evaluated in its own scope, so an operative config's `MODEL/...`-scoped
+    bindings (what `flan-jax train` writes to config.gin) apply to `MODEL`.
+    """
+    try:
+        gin.query_parameter(f"%{name}")
+    except ValueError:
+        return default
+    return gin_config.ConfigurableReference(f"{name}/gin.macro", True).scoped_configurable_fn()
+
+
+def _is_set(name: str) -> bool:
+    try:
+        gin.query_parameter(f"%{name}")
+    except ValueError:
+        return False
+    return True
+
+
+def find_run_config(paths: Sequence[str]) -> str | None:
+    """MODEL_DIR/config.gin of the first path that is a run's MODEL_DIR, its checkpoints/ or a
+    step dir in it (None: none is)."""
+    import tensorflow as tf
+
+    for path in paths:
+        if not isinstance(path, str) or not path:
+            continue
+        path = os.path.expanduser(path).rstrip("/")
+        candidates = [path]
+        if os.path.basename(path) == "checkpoints":
+            candidates.append(os.path.dirname(path))
+        if os.path.basename(os.path.dirname(path)) == "checkpoints":
+            candidates.append(os.path.dirname(os.path.dirname(path)))
+        for candidate in candidates:
+            config = os.path.join(candidate, "config.gin")
+            if tf.io.gfile.exists(config):
+                return config
+    return None
+
+
+def _inherit_run_config(
+    files: Sequence[str], bindings: Sequence[str], dir_macros: Sequence[str]
+) -> tuple[str | None, dict]:
+    """Re-parses the command line on top of the run's config.gin (see `parse`).
+
+    The run's config goes first, so every file and binding on the command line overrides it;
+    a command line that defines MODEL itself (a model gin) gets none of the run's bindings
+    (its `MODEL/`-scoped ones would shadow the model gin's), only TASK_FEATURE_LENGTHS.
+    """
+    path = find_run_config([gin.query_parameter(f"%{n}") for n in dir_macros if _is_set(n)])
+    if path is None:
+        return None, {}
+    own_model = _is_set("MODEL")
+    gin.clear_config()
+    gin.parse_config_file(path)
+    run_macros = {n: macro_value(n) for n in RUN_MACROS}
+    if own_model:
+        gin.clear_config()
+    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    lengths = run_macros["TASK_FEATURE_LENGTHS"]
+    if not _is_set("TASK_FEATURE_LENGTHS") and lengths is not None:
+        gin.parse_config(f"TASK_FEATURE_LENGTHS = {dict(lengths)!r}")
+    return path, run_macros
+
+
+def require_macros(names: Sequence[str], prog: str, hint: str) -> None:
+    """Fails (before any compile) naming the macros in `names` that nothing set."""
+    unset = [n for n in names if not _is_set(n)]
+    if unset:
+        raise ValueError(f"gin macro(s) {unset} not set; {hint}")
 
 
 def compilation_cache_dir(

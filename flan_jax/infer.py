@@ -74,7 +74,8 @@ class InferConfig:
     """How `run_inference` batches, decodes and scores.
 
     Attributes:
-      split: the task split to read (task inputs only).
+      split: the task split to read (task inputs only; None: the task's own eval split,
+        validation, else test).
       batch_size: model batch; must divide by the mesh's data*fsdp.
       max_examples: at most this many examples (None: all).
       length_normalize: `score` mode gives the mean instead of the summed log-likelihood.
@@ -82,7 +83,7 @@ class InferConfig:
       seed: seed of the sampling rng.
     """
 
-    split: str = "validation"
+    split: str | None = None
     batch_size: int = 8
     max_examples: int | None = None
     length_normalize: bool = False
@@ -179,14 +180,17 @@ def run_inference(
     output_file: str = "-",
     mode: str = "predict",
     config: InferConfig = InferConfig(),
-    vocabulary: str = "t5",
+    vocabulary: str | None = None,
+    vocabulary_task: str | None = None,
     mesh: Mesh | None = None,
     mixture_or_task_module: str | None = None,
 ) -> int:
     """Writes one JSON line per example of a task (or of `input_file`) to `output_file`.
 
-    `vocabulary` (a `flan_jax.data.vocab` name) tokenizes `input_file`; a task uses its own.
-    Returns the number of lines written ("-": stdout).
+    `input_file` is tokenized with `vocabulary` (a `flan_jax.data.vocab` name), else with the
+    targets vocabulary of `vocabulary_task` (`flan-jax infer` passes the task the checkpoint's
+    run trained on), else with T5's; a task uses its own. Returns the number of lines
+    written ("-": stdout).
     """
     if mode not in MODES:
         raise ValueError(f"infer mode {mode!r} is unknown; use one of {MODES}")
@@ -198,7 +202,11 @@ def run_inference(
     if mixture_or_task_module:
         importlib.import_module(mixture_or_task_module)
     if input_file is not None:
-        vocab = vocab_lib.get_vocabulary(vocabulary)
+        vocab = (
+            seqio.get_mixture_or_task(vocabulary_task).output_features["targets"].vocabulary
+            if vocabulary is None and vocabulary_task
+            else vocab_lib.get_vocabulary(vocabulary or "t5")  # T5's for converted checkpoints
+        )
         rows = _file_rows(input_file, vocab, feature_lengths, config, mode)
     else:
         rows, vocab = _task_rows(mixture_or_task_name, feature_lengths, config)
@@ -222,8 +230,12 @@ def _open_output(path: str) -> Iterator[TextIO]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`flan-jax infer --gin_file=models/... --gin_file=runs/infer.gin --gin.CHECKPOINT_PATH=...
-    [--gin.MIXTURE_OR_TASK_NAME=... | --input_file=F.jsonl] [--mode score] [--output_file=F]`."""
+    """`flan-jax infer --gin_file=runs/infer.gin --gin.CHECKPOINT_PATH=...
+    [--gin.MIXTURE_OR_TASK_NAME=... | --input_file=F.jsonl] [--mode score] [--output_file=F]`.
+
+    MODEL, TASK_FEATURE_LENGTHS and the vocabulary come from the run CHECKPOINT_PATH belongs
+    to (its config.gin) unless the command line sets them.
+    """
     import gin
     from flan_jax import gin_flags
 
@@ -234,10 +246,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_file", default=None, help="JSONL out ('-': stdout)")
     ours, rest = parser.parse_known_args(argv)
     gin.clear_config()
-    args = gin_flags.parse(rest, "flan-jax infer")
+    args = gin_flags.parse(rest, "flan-jax infer", run_dir_macros=("CHECKPOINT_PATH",))
+    gin_flags.require_macros(
+        ("MODEL", "TASK_FEATURE_LENGTHS"),
+        "flan-jax infer",
+        gin_flags.NO_RUN_CONFIG,
+    )
     gin_flags.enable_compilation_cache(args)  # before anything compiles
     gin_flags.initialize_distributed(args)
     overrides = {k: v for k, v in vars(ours).items() if v is not None}
+    run_task = args.run_macros.get("MIXTURE_OR_TASK_NAME")
+    if run_task:  # its vocabulary tokenizes --input_file unless VOCABULARY is set
+        module = args.run_macros.get("MIXTURE_OR_TASK_MODULE") or "flan_jax.registry"
+        importlib.import_module(module)
+        overrides["vocabulary_task"] = run_task
     # `python -m` runs this file as __main__: use the module gin registered
     run = gin.get_configurable(importlib.import_module("flan_jax.infer").run_inference)
     try:

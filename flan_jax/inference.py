@@ -41,12 +41,48 @@ class Model(Protocol):
 # ----------------------------------------------------------------------------- batching
 
 
+EVAL_SPLITS = ("validation", "test")  # a task's own eval split: the first of these it has
+
+
+def task_split(task: seqio.Task, split: str | None) -> str:
+    """The split to evaluate `task` on: `split` if given, else its own (validation, else test).
+
+    Benchmarks have only a test split (MMLU, BBH, GSM8K) and FLAN tasks a validation split,
+    so a mixture of both is evaluated without naming a split.
+
+    Raises:
+      ValueError naming the task's splits when it lacks `split` (or has no eval split).
+    """
+    splits = list(task.splits)
+    if split is None:
+        own = [s for s in EVAL_SPLITS if s in splits]
+        if own or not splits:  # a source that declares no splits takes any name
+            return own[0] if own else EVAL_SPLITS[0]
+        raise ValueError(
+            f"task {task.name!r} has no validation or test split (it has {splits}); name one "
+            "with --gin.EVAL_SPLIT (eval) or --gin.INFER_SPLIT (infer)"
+        )
+    if splits and split not in splits:
+        raise ValueError(
+            f"task {task.name!r} has no split {split!r}; it has {splits}. Leave EVAL_SPLIT / "
+            "INFER_SPLIT unset (None) to use each task's own eval split"
+        )
+    return split
+
+
 def load_examples(
-    task: seqio.Task, split: str, feature_lengths: dict[str, int], max_examples: int | None
+    task: seqio.Task, split: str | None, feature_lengths: dict[str, int], max_examples: int | None
 ) -> list[dict]:
-    """The task's examples (tokenized, trimmed to `feature_lengths`) as numpy dicts, in order."""
+    """The task's examples (tokenized, trimmed to `feature_lengths`) as numpy dicts, in order.
+
+    `split` None: the task's own eval split (`task_split`).
+    """
     ds = task.get_dataset(
-        feature_lengths, split=split, shuffle=False, num_epochs=1, use_cached=False
+        feature_lengths,
+        split=task_split(task, split),
+        shuffle=False,
+        num_epochs=1,
+        use_cached=False,
     )
     if max_examples is not None:
         ds = ds.take(max_examples)

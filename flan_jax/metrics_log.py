@@ -1,6 +1,7 @@
 """Training observability: console progress line, TensorBoard events, MODEL_DIR/metrics.jsonl.
 
-Only process 0 writes; every other process's logger is a no-op.
+Only process 0 writes; every other process's logger is a no-op. Every metrics.jsonl line is
+made by `metrics_record` (one schema: `kind`, `step`, `time`, then the values).
 """
 
 from __future__ import annotations
@@ -33,6 +34,44 @@ def _scalars_metadata(tf) -> bytes:
 
 
 step_flops = train_state.step_flops  # XLA's count, kept here for existing callers
+
+
+METRICS_FILE = "metrics.jsonl"
+# train: a logged window of train steps; eval: teacher-forced loss of one task during
+# training (with "task"); infer_eval: `flan-jax eval` / demo results, flat
+# `eval/<task>/<metric>` and `eval_cluster/<cluster>/<metric>` values; suite: `flan-jax eval
+# --suite` scores.
+KINDS = ("train", "eval", "infer_eval", "suite")
+
+
+def metrics_record(kind: str, step: int, values: Mapping[str, object], **fields) -> dict:
+    """One metrics.jsonl record: {"kind", "step", "time", **fields, **values}.
+
+    Raises:
+      ValueError for a kind not in KINDS, a negative step, or values that would overwrite
+      the schema's keys.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"metrics record kind {kind!r} is unknown; use one of {KINDS}")
+    if int(step) < 0:
+        raise ValueError(f"metrics record step is {step}; it must be >= 0")
+    clash = sorted({"kind", "step", "time"} & (set(values) | set(fields)))
+    if clash:
+        raise ValueError(f"metrics record values {clash} clash with the schema's keys")
+    return {"kind": kind, "step": int(step), "time": time.time(), **fields, **values}
+
+
+def record_line(record: Mapping[str, object]) -> str:
+    """The JSON line of a `metrics_record` (keys sorted)."""
+    return json.dumps(record, sort_keys=True) + "\n"
+
+
+def append_records(model_dir: str, records: list[dict]) -> None:
+    """Appends `metrics_record`s to MODEL_DIR/metrics.jsonl (callers write from process 0)."""
+    tf = _tensorflow()
+    tf.io.gfile.makedirs(model_dir)
+    with tf.io.gfile.GFile(os.path.join(model_dir, METRICS_FILE), "a") as f:
+        f.write("".join(record_line(r) for r in records))
 
 
 def _format_duration(seconds: float) -> str:
@@ -117,11 +156,11 @@ class MetricsLogger:
             tf = self._tf = _tensorflow()
             self._metadata = _scalars_metadata(tf)
             tf.io.gfile.makedirs(model_dir)
-            self._jsonl = _LineAppender(os.path.join(model_dir, "metrics.jsonl"))
+            self._jsonl = _LineAppender(os.path.join(model_dir, METRICS_FILE))
             self._writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
 
     def _write(self, record: Mapping[str, float | int | str], prefix: str) -> None:
-        self._jsonl.append(json.dumps(record, sort_keys=True) + "\n")
+        self._jsonl.append(record_line(record))
         tf = self._tf
         with self._writer.as_default():
             for k, v in record.items():
@@ -150,16 +189,17 @@ class MetricsLogger:
         """
         step_time = seconds / max(num_steps, 1)
         n_dev = jax.device_count()
-        record = {
-            "kind": "train",
-            "step": step,
-            "time": time.time(),
-            **summary,
-            "step_time_s": step_time,
-            "tokens_per_s": tokens / seconds,
-            "tokens_per_s_per_device": tokens / seconds / n_dev,
-            "target_tokens_per_s": target_tokens / seconds,
-        }
+        record = metrics_record(
+            "train",
+            step,
+            {
+                **summary,
+                "step_time_s": step_time,
+                "tokens_per_s": tokens / seconds,
+                "tokens_per_s_per_device": tokens / seconds / n_dev,
+                "target_tokens_per_s": target_tokens / seconds,
+            },
+        )
         if self.model_flops:
             record["model_flops_per_s_per_device"] = self.model_flops / n_dev / step_time
             record["mfu"] = record["model_flops_per_s_per_device"] / self.peak
@@ -190,7 +230,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         for task, summary in results.items():
-            record = {"kind": "eval", "task": task, "step": step, "time": time.time(), **summary}
+            record = metrics_record("eval", step, summary, task=task)
             print(
                 f"eval step {step} {task}: loss/token {summary['cross_ent_per_token']:.4f} "
                 f"acc {summary['accuracy']:.3f}",

@@ -56,7 +56,11 @@ class LossConfig:
 
 
 def cross_entropy_loss(
-    logits: Array, targets: Array, weights: Array, loss: LossConfig
+    logits: Array,
+    targets: Array,
+    weights: Array,
+    loss: LossConfig,
+    weight_total: Array | None = None,
 ) -> tuple[Array, Array, Array]:
     """T5X's compute_weighted_cross_entropy.
 
@@ -65,6 +69,9 @@ def cross_entropy_loss(
       targets: [batch, length] int target ids.
       weights: [batch, length] loss weights (0 on padding / prefix inputs).
       loss: z-loss, label smoothing and normalizing factor.
+      weight_total: the weight sum of the whole batch when this is one microbatch of it:
+        NUM_REAL_TARGET_TOKENS divides by it (not by this microbatch's own sum), so that the
+        microbatches' losses and gradients add up to the full batch's (as in T5X).
 
     Returns:
       (total loss, z-loss part, weight sum), scalars; the loss includes the z-loss.
@@ -86,7 +93,7 @@ def cross_entropy_loss(
     weight_sum = jnp.sum(weights)
     lnf = loss.loss_normalizing_factor
     if lnf == NUM_REAL_TARGET_TOKENS:
-        lnf = weight_sum
+        lnf = weight_sum if weight_total is None else weight_total
     if lnf is not None:
         total, total_z = total / lnf, total_z / lnf
     return total, total_z, weight_sum
@@ -139,16 +146,27 @@ class BaseModel:
         raise NotImplementedError
 
     def loss_fn(
-        self, params: PyTree, batch: Batch, dropout_rng: Array | None
+        self,
+        params: PyTree,
+        batch: Batch,
+        dropout_rng: Array | None,
+        weight_total: Array | None = None,
     ) -> tuple[Array, dict[str, Array]]:
         """Weighted cross-entropy (+ z-loss) of the targets; dropout on iff dropout_rng.
+
+        `weight_total`: the full batch's weight sum when `batch` is a microbatch of it (see
+        `cross_entropy_loss`; the train step passes it).
 
         Returns:
           loss (scalar) and metrics (float32 scalars that sum over batches).
         """
         logits = self._logits(params, batch, dropout_rng)
         total, z, weight_sum = cross_entropy_loss(
-            logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], self.loss
+            logits,
+            batch["decoder_target_tokens"],
+            batch["decoder_loss_weights"],
+            self.loss,
+            weight_total,
         )
         return total, _metrics(logits, batch, total, z, weight_sum)
 

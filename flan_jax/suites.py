@@ -12,12 +12,11 @@ model that guesses scores about 0 on every benchmark whatever its number of opti
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
 
-from flan_jax import benchmarks, benchmarks_mgsm, benchmarks_mmlu_cot
+from flan_jax import benchmarks, benchmarks_mgsm, benchmarks_mmlu_cot, metrics_log
 
 SUITES = ("flan2022",)
 
@@ -164,20 +163,13 @@ def format_suite(scores: dict[str, dict[str, float]]) -> str:
 def suite_record(name: str, step: int, scores: dict[str, dict[str, float]]) -> dict:
     """The metrics.jsonl record of a suite run: {"kind": "suite", "suite", "step",
     "<benchmark>/<score|chance|normalized|tasks>": ..., "normalized_average": ...}."""
-    record: dict = {"kind": "suite", "suite": name, "step": step}
-    for bench, values in scores.items():
+    values: dict = {}
+    for bench, scored in scores.items():
         if bench == "normalized_average":
-            record["normalized_average"] = values["score"]
+            values["normalized_average"] = scored["score"]
         else:
-            record |= {f"{bench}/{k}": v for k, v in values.items()}
-    return record
-
-
-def append_record(model_dir: str, record: dict) -> None:
-    import tensorflow as tf  # noqa: PLC0415  (gfile: model_dir may be gs://)
-
-    with tf.io.gfile.GFile(os.path.join(model_dir, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+            values |= {f"{bench}/{k}": v for k, v in scored.items()}
+    return metrics_log.metrics_record("suite", step, values, suite=name)
 
 
 def run_suite(
@@ -214,7 +206,7 @@ def run_suite(
     scores = suite_scores(suite, {n: r.metrics for n, r in results.items()})
     if jax.process_index() == 0:
         evaluate.write_results(model_dir, step, results)
-        append_record(model_dir, suite_record(options.name, step, scores))
+        metrics_log.append_records(model_dir, [suite_record(options.name, step, scores)])
     print(f"suite {options.name}, step {step}:")
     print(format_suite(scores))
     return scores

@@ -247,6 +247,9 @@ def train(
     device and FLOPs, and returns `memory_report(...)` without reading data or running.
     """
     step_config = step_config or StepConfig()
+    # resolved once, at start: orbax needs absolute paths, and a relative MODEL_DIR must not
+    # change meaning if the working directory does
+    run = dataclasses.replace(run, model_dir=checkpoints.absolute_path(run.model_dir))
     if mixture_or_task_module:
         importlib.import_module(mixture_or_task_module)
     _validate(mesh, data, step_config)

@@ -32,8 +32,9 @@ class StepConfig:
 
     Attributes:
       num_microbatches: split each batch into this many microbatches and sum their
-        gradients (the model's loss is a sum / constant factor, so this equals the
-        full-batch gradient).
+        gradients. Each microbatch's loss is told the full batch's weight sum
+        (`loss_fn(..., weight_total=)`), so a loss normalised by NUM_REAL_TARGET_TOKENS
+        divides by the batch's token count, and the sum equals the full-batch gradient.
       dropout_seed: base seed of the dropout rng, folded with the step (and microbatch).
     """
 
@@ -99,22 +100,28 @@ def _split_microbatches(batch: Batch, n: int, mesh: Mesh) -> Batch:
 
 
 def grads_and_metrics(params, batch: Batch, loss_fn: Callable, config: StepConfig, rng, mesh: Mesh):
-    """Gradients (summed over microbatches) and summed metrics of one batch."""
+    """Gradients (summed over microbatches) and summed metrics of one batch.
+
+    `loss_fn(params, batch, rng, weight_total=None)`; microbatches get `weight_total`.
+    """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if config.num_microbatches == 1:
         (_, metrics), grads = grad_fn(params, batch, rng)
         return grads, metrics
     micro = _split_microbatches(batch, config.num_microbatches, mesh)
+    # a microbatch dividing by its own weight sum would make the summed loss ~n times too large
+    total = jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32))
 
     def body(carry, xs):
         i, mb = xs
-        (_, m), g = grad_fn(params, mb, None if rng is None else jax.random.fold_in(rng, i))
+        mb_rng = None if rng is None else jax.random.fold_in(rng, i)
+        (_, m), g = grad_fn(params, mb, mb_rng, weight_total=total)
         acc_g, acc_m = carry
         return (jax.tree.map(jnp.add, acc_g, g), jax.tree.map(jnp.add, acc_m, m)), None
 
     zeros_g = jax.tree.map(jnp.zeros_like, params)
     first_mb = jax.tree.map(lambda x: x[0], micro)
-    m_shape = jax.eval_shape(lambda: grad_fn(params, first_mb, rng)[0][1])
+    m_shape = jax.eval_shape(lambda: grad_fn(params, first_mb, rng, weight_total=total)[0][1])
     zeros_m = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
     idx = jnp.arange(config.num_microbatches)
     (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), (idx, micro))

@@ -244,7 +244,7 @@ def test_write_results_files_metrics_jsonl_and_tensorboard(tiny, tmp_path):
     )
     line = json.loads(open(tmp_path / "metrics.jsonl").read())
     acc = [results[n].metrics["accuracy"] for n in ("eval_test_cls", "eval_test_gen")]
-    assert line == {"step": 7, **scalars}
+    assert line == {"kind": "infer_eval", "step": 7, "time": pytest.approx(line["time"]), **scalars}
     assert scalars["eval_cluster/toy/accuracy"] == pytest.approx(sum(acc) / 2)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "eval"))
 
@@ -340,7 +340,9 @@ def test_main_evaluates_a_trainer_checkpoint_and_writes_every_output(tmp_path, c
     accuracy = 100.0 * sum(r["prediction"] == r["target"] for r in rows) / 3
     line = json.loads(open(f"{out}/metrics.jsonl").read())
     assert line == {
+        "kind": "infer_eval",
         "step": 12,
+        "time": line["time"],
         "eval/tiny_height_nli_zs_opt/accuracy": pytest.approx(accuracy),
         "eval_cluster/nli/accuracy": pytest.approx(accuracy),
     }
@@ -398,3 +400,27 @@ def test_rank_classification_matches_transformers_log_likelihoods(tiny, tmp_path
         np.testing.assert_allclose(record["option_scores"], want, atol=1e-4)
         chosen.append(OPTIONS[int(np.argmax(want))])
     assert [r["prediction"] for r in result.records] == chosen
+
+
+def test_each_task_is_evaluated_on_its_own_split_unless_one_is_named():
+    """EVAL_SPLIT None: validation where a task has it, else test (MMLU, BBH, GSM8K); a named
+    split the task lacks is an error naming the splits it has (BBH used to run on test)."""
+    from flan_jax import benchmarks, inference
+
+    benchmarks.register(vocabulary=VOCAB)
+    mmlu = seqio.get_mixture_or_task("mmlu_anatomy_0shot")
+    bbh = seqio.get_mixture_or_task("bbh_navigate_direct")
+    _register("eval_test_split", options=True)
+    flan = seqio.get_mixture_or_task("eval_test_split")
+    assert [inference.task_split(t, None) for t in (mmlu, bbh, flan)] == [
+        "test",
+        "test",
+        "validation",
+    ]
+    assert inference.task_split(mmlu, "test") == "test"
+    with pytest.raises(
+        ValueError, match=r"'bbh_navigate_direct' has no split 'validation'; it has \['test'\]"
+    ):
+        inference.task_split(bbh, "validation")
+    with pytest.raises(ValueError, match="has no split 'train'"):
+        inference.load_examples(flan, "train", {"inputs": 8, "targets": 4}, 1)

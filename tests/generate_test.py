@@ -136,3 +136,28 @@ def test_config_gin_gives_model_lengths_and_task(run):
     assert loaded.feature_lengths == {"inputs": 24, "targets": 8}
     assert (loaded.task, loaded.task_module) == ("tiny_topic", "flan_jax.registry")
     assert json.loads(json.dumps(loaded.feature_lengths))  # plain dict, JSON-able
+
+
+def test_operative_config_written_by_train_loads(tmp_path):
+    """`flan-jax train` rewrites config.gin with the operative config, whose model bindings
+    are MODEL/-scoped; generate (and eval, infer) must build the same model from it."""
+    gin_flags.parse(
+        [
+            "--gin_file=test/tiny_t5.gin",
+            "--gin_file=runs/finetune.gin",
+            "--gin.MODEL_DIR='x'",
+            "--gin.MIXTURE_OR_TASK_NAME='tiny_topic'",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 24, 'targets': 8}",
+            "--gin.TRAIN_STEPS=3",
+            "--gin.INITIAL_CHECKPOINT_PATH=None",
+        ],
+        "test",
+    )
+    model = gin_flags.macro_value("MODEL")
+    text = gin.operative_config_str()
+    gin.clear_config()
+    assert "MODEL/network.TransformerConfig.emb_dim = 32" in text
+    (tmp_path / "config.gin").write_text(text)
+    loaded = gen.load_run_model(str(tmp_path))
+    gin.clear_config()
+    assert loaded.model.config == model.config and loaded.model.config.emb_dim == 32

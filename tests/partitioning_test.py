@@ -54,7 +54,7 @@ class ToyModel:
     def get_initial_variables(self, rng, input_shapes, input_types=None):
         return self.net.init(rng, jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32))
 
-    def loss_fn(self, params, batch, dropout_rng):
+    def loss_fn(self, params, batch, dropout_rng, weight_total=None):  # a sum: no normaliser
         det = dropout_rng is None
         rngs = None if det else {"dropout": dropout_rng}
         logits = self.net.apply(

@@ -17,10 +17,37 @@ def _hf_to_flan(src: str, dst: str) -> str:
     return f"{hf.hf_architecture(hf_config)} -> {architecture}"
 
 
+def _train_run_model(src: str) -> tuple[str, str, object]:
+    """(orbax step dir, architecture, TransformerConfig) of a `flan-jax train` checkpoint: the
+    model comes from the run's config.gin (a train checkpoint has no flan_model.json)."""
+    import gin
+    from flan_jax import checkpoints, gin_flags, models
+
+    config = gin_flags.find_run_config([src])
+    item = checkpoints._orbax_item_dir(checkpoints.absolute_path(src))
+    if config is None or item is None:
+        raise FileNotFoundError(
+            f"{src} is neither a converted dir (default/ + {convert.MODEL_CONFIG_FILE}) nor a "
+            "`flan-jax train` MODEL_DIR, its checkpoints/ or a step dir (with the run's "
+            "config.gin)"
+        )
+    gin.clear_config()
+    gin.parse_config_file(config)
+    model = gin_flags.macro_value("MODEL")
+    architecture = (
+        "decoder_only" if isinstance(model, models.DecoderOnlyModel) else "encoder_decoder"
+    )
+    return os.path.dirname(item), architecture, model.config
+
+
 def _flan_to_hf(src: str, dst: str) -> str:
     from flan_jax.convert import hf
 
-    architecture, cfg, meta = convert.load_converted_config(src)
+    if os.path.isfile(os.path.join(src, convert.MODEL_CONFIG_FILE)):
+        architecture, cfg, meta = convert.load_converted_config(src)
+    else:  # a `flan-jax train` checkpoint
+        src, architecture, cfg = _train_run_model(src)
+        meta = {}
     hf.flan_to_hf(convert.load_params(src), architecture, cfg, dst, meta.get("hf_config"))
     return f"{architecture} -> HF"
 
@@ -46,7 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Convert Hugging Face, T5X and flan_jax checkpoints (local paths only).",
     )
     parser.add_argument("command", choices=sorted(COMMANDS))
-    parser.add_argument("src", help="HF dir, T5X checkpoint_<step> dir, or a converted flan dir")
+    parser.add_argument(
+        "src",
+        help="HF dir, T5X checkpoint_<step> dir, a converted flan dir, or (flan-to-hf) a "
+        "`flan-jax train` MODEL_DIR or its checkpoints/<step>",
+    )
     parser.add_argument(
         "dst", help="output dir (flan: default/ + flan_model.json; HF: safetensors + config)"
     )
