@@ -30,6 +30,8 @@ TRAIN_FIGURES = (
 def record_kind(record: dict) -> str:
     """`kind` when the record has one, else inferred: "suite" (has `suite`), "inference"
     (`eval/<task>/<metric>` keys, from `flan-jax eval`), "eval" (has `task`), "train"."""
+    if record.get("kind") == "infer_eval":  # metrics_log's name for `flan-jax eval` results
+        return "inference"
     if "kind" in record:
         return str(record["kind"])
     if "suite" in record:

@@ -253,7 +253,8 @@ def train(
     if mixture_or_task_module:
         importlib.import_module(mixture_or_task_module)
     _validate(mesh, data, step_config)
-    _check_data(model, data, sample=0 if precompile else 300)
+    if not precompile:  # --precompile reads no data (the task need not even be registered)
+        _check_data(model, data, sample=300)
     converter = input_pipeline.make_converter(model.feature_converter_cls, data)
     shapes = input_pipeline.model_input_shapes(data, converter)
     tx = optimizer.make_optimizer(optimizer_config)

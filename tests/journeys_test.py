@@ -114,7 +114,24 @@ IN_PROCESS = {  # command prefix -> (flags added to keep it fast, a string its o
     "flan-jax tasks show glue_rte --format fs_opt -n 1": ("", "glue_rte_fs_opt"),
     "flan-jax mixture stats flan_tiny --feature_lengths": (" --sample 8", "== flan_tiny"),
 }
+WALKTHROUGH = "tests/data_cli_test.py::test_multiple_choice_walkthrough runs it"
+SUITE_DOC = "tests/eval_suite_report_test.py runs the same commands on a tiny trained run"
+ERROR_LINE = "an error message shown in the docs, not a command (tests/faults_test.py checks it)"
 SKIPPED = {  # command prefix -> why no test runs it
+    "flan-jax report runs/flan_tiny_t5": SUITE_DOC,
+    "flan-jax tasks show quiz --specs my_quiz": WALKTHROUGH,
+    "export FLAN_JAX_SPECS=my_quiz": WALKTHROUGH,
+    "flan-jax train --gin_file=models/t5_1_1/tiny.gin --gin_file=runs/finetune.gin "
+    "--gin.MODEL_DIR=\"'runs/quiz'\"": WALKTHROUGH,
+    "flan-jax eval --gin_file=models/t5_1_1/tiny.gin --gin_file=runs/eval.gin "
+    "--gin.CHECKPOINT_PATH=\"'runs/quiz'\"": WALKTHROUGH,
+    "flan-jax train: cannot write": ERROR_LINE,
+    "flan-jax train: 20480 of 39297": ERROR_LINE,
+    "flan-jax train: MODEL_DIR runs/x is in use": ERROR_LINE,
+    "export FLAN_JAX_DATA_DIR=../shared/data": "shell set-up (the Makefile and tests set it)",
+    "flan-jax eval --gin_file=models/t5_1_1/tiny.gin --gin_file=runs/eval.gin "
+    "--gin.CHECKPOINT_PATH=\"'$PWD/runs/eval_doc'\"": SUITE_DOC,
+    "flan-jax report runs/eval_doc": SUITE_DOC,
     "make test": "is this test suite",
     "flan-jax mixture stats flan2021": "tests/data_cli_test.py::test_mixture_stats_flan2021_"
     "without_the_data runs it",
