@@ -77,9 +77,16 @@ def make_optimizer(config: OptimizerConfig | AdamWConfig) -> optax.GradientTrans
         multiply_by_parameter_scale=config.multiply_by_parameter_scale,
         weight_decay_rate=config.weight_decay_rate,
     )
-    if config.global_norm_clip is None:
-        return adafactor
-    return optax.chain(optax.clip_by_global_norm(config.global_norm_clip), adafactor)
+    return _clipped(adafactor, config.global_norm_clip)
+
+
+def _clipped(
+    tx: optax.GradientTransformation, global_norm_clip: float | None
+) -> optax.GradientTransformation:
+    """`tx` preceded by global-norm clipping of the gradients (None: no clipping)."""
+    if global_norm_clip is None:
+        return tx
+    return optax.chain(optax.clip_by_global_norm(global_norm_clip), tx)
 
 
 # --- AdamW (OPT-IML), beside Adafactor -----------------------------------------------------
@@ -167,6 +174,4 @@ def make_adamw(config: AdamWConfig) -> optax.GradientTransformation:
         eps=config.eps,
         weight_decay=config.weight_decay,
     )
-    if config.global_norm_clip is None:
-        return adamw
-    return optax.chain(optax.clip_by_global_norm(config.global_norm_clip), adamw)
+    return _clipped(adamw, config.global_norm_clip)

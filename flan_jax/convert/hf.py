@@ -19,7 +19,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from flan_jax import convert, network
-from flan_jax.convert import hf_opt
+from flan_jax.convert import consumed, hf_opt
 
 Params = dict[str, Any]
 SUPPORTED_ARCHITECTURES = {
@@ -333,7 +333,7 @@ def hf_to_flan(path: str) -> tuple[Params, str, network.TransformerConfig, dict[
     family = hf_architecture(hf_config)
     architecture, cfg = config_from_hf(hf_config)
     expected = convert.expected_param_shapes(architecture, cfg)
-    tensors = _Tracked(read_safetensors(path))
+    tensors = consumed.Tracked(read_safetensors(path))
     if "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
         tensors["shared.weight"] = tensors["encoder.embed_tokens.weight"]
     params: Params = {}
@@ -353,50 +353,8 @@ def hf_to_flan(path: str) -> tuple[Params, str, network.TransformerConfig, dict[
     if kernel is not None:
         _set(params, ("decoder", "logits_dense", "kernel"), kernel)
     convert.check_param_shapes(params, expected, path)
-    _check_consumed(path, tensors, hf_config)
+    consumed.check_consumed(path, tensors, hf_config)
     return params, architecture, cfg, hf_config
-
-
-class _Tracked(dict):
-    """The checkpoint's tensors, recording which ones the conversion read."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.used: set[str] = set()
-
-    def __getitem__(self, name):
-        self.used.add(name)
-        return super().__getitem__(name)
-
-    def get(self, name, default=None):
-        if name in self:
-            self.used.add(name)
-        return super().get(name, default)
-
-
-# recomputed from config.json, not weights; UMT5's cross-attention relative bias, which HF
-# saves but never uses (cross-attention has no position bias)
-_BUFFERS = ("rotary_emb.inv_freq", "EncDecAttention.relative_attention_bias.weight")
-
-
-def _check_consumed(path: str, tensors: _Tracked, hf_config: dict[str, Any]) -> None:
-    """Refuses a checkpoint with tensors the conversion did not read (e.g. a Qwen2 relabelled
-    as Llama: its attention biases would be dropped and its logits silently wrong). A tensor
-    equal to one that was read (T5's tied embedding copies) counts as read."""
-    used = [tensors[n] for n in tensors.used if n in tensors]
-    left = [
-        name
-        for name, value in dict.items(tensors)
-        if name not in tensors.used
-        and not name.endswith(_BUFFERS)
-        and not any(u.shape == value.shape and np.array_equal(u, value) for u in used)
-    ]
-    if left:
-        raise ValueError(
-            f"{path}: {len(left)} tensor(s) would be dropped by the conversion, e.g. "
-            f"{sorted(left)[:10]}; config.json says model_type "
-            f"{hf_config.get('model_type')!r}: is the checkpoint another architecture?"
-        )
 
 
 def _export_family(architecture: str, cfg: network.TransformerConfig, base: dict) -> str:
