@@ -35,6 +35,24 @@ def _hang_after_checkpoint(step_to_hang: int) -> None:
     checkpoints.Checkpointer.save = save_then_hang
 
 
+class _SandboxFs:
+    """Stands in for TFDS's MockFs, which patches `tf.io.gfile`/`epath` for the whole process
+    while a mocked `as_dataset` runs. Our FLAN 2021 sources call `as_dataset` from a tf.data
+    thread, so the trainer's own checkpoint writes raced into MockFs's temporary folder
+    (FileNotFoundError on the data position). Here the builder's data_dir is a real folder
+    under $TFDS_DATA_DIR, which the test points into its tmp_path."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_file(self, path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "a").close()
+
+
 def main(scenario: str, argv: list[str]) -> int:
     import flan_jax.registry  # noqa: F401  (registers the shipped tasks and mixtures)
     from flan_jax import train
@@ -47,7 +65,9 @@ def main(scenario: str, argv: list[str]) -> int:
     if scenario != "tfds_files":
         raise SystemExit(f"unknown scenario {scenario!r}; use tfds_files or flan_tiny")
     import tensorflow_datasets as tfds
+    from tensorflow_datasets.testing import mocking
 
+    mocking.test_utils.MockFs = _SandboxFs
     mixtures.register_mixture_spec({"name": MIXTURE, "members": list(MEMBERS)})
     with tfds.testing.mock_data(num_examples=16):
         return train.main(argv)
