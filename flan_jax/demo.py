@@ -36,18 +36,25 @@ class DemoConfig:
       full_mixture: the mixture that holds every cluster.
       max_examples: validation examples per task per evaluation.
       eval_batch_size: rows per scoring / decoding batch.
+      tasks_per_group: evaluate only the first N tasks (by name) of each group, held-in and
+        held-out; None: all. A quick run's switch (the journey test uses 1).
     """
 
     held_out_cluster: str = "nli"
     full_mixture: str = "flan_tiny"
     max_examples: int = 32
     eval_batch_size: int = 32
+    tasks_per_group: int | None = None
 
     def __post_init__(self):
         if self.max_examples < 1 or self.eval_batch_size < 1:
             raise ValueError(
                 f"DemoConfig.max_examples ({self.max_examples}) and eval_batch_size "
                 f"({self.eval_batch_size}) must be >= 1"
+            )
+        if self.tasks_per_group is not None and self.tasks_per_group < 1:
+            raise ValueError(
+                f"DemoConfig.tasks_per_group ({self.tasks_per_group}) must be >= 1 or None (all)"
             )
 
 
@@ -201,6 +208,9 @@ def run_demo(
     every = eval_task_names(demo.full_mixture)
     held_out = {b: v for b, v in every.items() if b not in held_in}
     groups = {"held-in": held_in, f"held-out ({demo.held_out_cluster})": held_out}
+    if demo.tasks_per_group is not None:
+        groups = {g: dict(sorted(n.items())[: demo.tasks_per_group]) for g, n in groups.items()}
+        held_in, held_out = groups.values()
     names = held_in | held_out
     converter = model.feature_converter_cls(pack=data.pack)
     shapes = input_pipeline.model_input_shapes(data, converter)

@@ -5,7 +5,7 @@ from the repository root with relative paths. The README's commands are taken fr
 itself, with `SUBSTITUTIONS` (a relative MODEL_DIR under tmp/, a few steps, small lengths and
 evals) so that the suite stays fast; `test_every_doc_command_is_run_or_skipped_with_a_reason`
 makes sure no documented command is left out. The train -> eval -> infer -> generate ->
-convert and demo journeys are in tests/journeys_pending.py (not yet collected).
+convert and demo journeys are in tests/journeys_run_test.py.
 """
 
 from __future__ import annotations
