@@ -234,7 +234,12 @@ def gsm8k_examples(split: str, *, shots: int, root: str | None = None) -> list[E
 
 
 def _dataset_fn(
-    make: Callable[..., list[Example]], task_name: str, template_type: str, cluster: str, options
+    make: Callable[..., list[Example]],
+    task_name: str,
+    template_type: str,
+    cluster: str,
+    options,
+    extra_columns: tuple[str, ...] = (),
 ):
     def dataset_fn(
         split: str, shuffle_files: bool = False, seed: int | None = None
@@ -250,13 +255,25 @@ def _dataset_fn(
         }
         if options:
             columns["options"] = [list(options)] * len(rows)
+        for key in extra_columns:  # strings the postprocessor reads, e.g. all gold answers
+            columns[key] = [r[key] for r in rows]
         return tf.data.Dataset.from_tensor_slices(columns)
 
     return dataset_fn
 
 
 def _add_task(
-    name, make, *, splits, template_type, cluster, postprocess_fn, vocabulary, options=None
+    name,
+    make,
+    *,
+    splits,
+    template_type,
+    cluster,
+    postprocess_fn,
+    vocabulary,
+    options=None,
+    metric_fns=(accuracy,),
+    extra_columns=(),
 ):
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
@@ -264,14 +281,14 @@ def _add_task(
     seqio.TaskRegistry.add(
         name,
         source=seqio.FunctionDataSource(
-            _dataset_fn(make, name, template_type, cluster, options),
+            _dataset_fn(make, name, template_type, cluster, options, tuple(extra_columns)),
             splits=splits,
             caching_permitted=False,
         ),
         output_features=features,
         preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim],
         postprocess_fn=postprocess_fn,
-        metric_fns=[accuracy],
+        metric_fns=list(metric_fns),
     )
 
 

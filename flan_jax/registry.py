@@ -67,12 +67,18 @@ def register_all() -> tuple[list[str], list[str]]:
     task_names, mixture_names = register_specs(
         tasks.task_spec_files(), mixtures.mixture_spec_files()
     )
-    # evaluation tasks: MMLU / BBH / GSM8K, MGSM, MMLU chain of thought
-    from flan_jax import benchmarks, benchmarks_mgsm, benchmarks_mmlu_cot  # noqa: PLC0415
+    # evaluation tasks: MMLU / BBH / GSM8K, MGSM, MMLU chain of thought, TyDiQA
+    from flan_jax import (  # noqa: PLC0415
+        benchmarks,
+        benchmarks_mgsm,
+        benchmarks_mmlu_cot,
+        benchmarks_tydiqa,
+    )
 
     task_names += benchmarks.register()
     task_names += benchmarks_mgsm.register()
     task_names += benchmarks_mmlu_cot.register()
+    task_names += benchmarks_tydiqa.register()
     for root in filter(None, os.environ.get(SPECS_ENV, "").split(os.pathsep)):
         more_tasks, more_mixtures = register_dir(root)
         task_names += more_tasks

@@ -2,9 +2,10 @@
 
 `flan-jax eval --suite flan2022` (docs/evaluation.md) evaluates Flan 2022's held-out
 benchmarks: MMLU-Direct (5-shot), MMLU-CoT (5-shot from $FLAN_JAX_MMLU_COT_EXEMPLARS, else
-zero-shot), BBH-Direct and BBH-CoT (3-shot) and MGSM (8-shot native CoT). TyDiQA is not
-part of it yet. A benchmark's score is the unweighted mean accuracy of its tasks (MMLU
-subjects, BBH tasks, MGSM languages). Its normalized score subtracts its random-chance
+zero-shot), BBH-Direct and BBH-CoT (3-shot), TyDiQA GoldP (1-shot, exact match; skipped with a
+note when its TFDS data is not prepared) and MGSM (8-shot native CoT). A benchmark's score is
+the unweighted mean of its tasks' metric (MMLU subjects, BBH tasks, TyDiQA and MGSM
+languages). Its normalized score subtracts its random-chance
 accuracy (`chance`), and the normalized average is the mean of the normalized scores, so a
 model that guesses scores about 0 on every benchmark whatever its number of options.
 """
@@ -16,7 +17,13 @@ import os
 import re
 from collections.abc import Callable, Sequence
 
-from flan_jax import benchmarks, benchmarks_mgsm, benchmarks_mmlu_cot, metrics_log
+from flan_jax import (
+    benchmarks,
+    benchmarks_mgsm,
+    benchmarks_mmlu_cot,
+    benchmarks_tydiqa,
+    metrics_log,
+)
 
 SUITES = ("flan2022",)
 
@@ -28,12 +35,18 @@ class Benchmark:
     Attributes:
       name: as printed, e.g. "MMLU-CoT".
       tasks: its seqio task names.
-      chance: task name -> random-chance accuracy (0-100) of that task.
+      chance: task name -> random-chance score (0-100) of that task.
+      metric: the task metric the score averages.
+      split: the split its tasks are evaluated on.
+      unavailable: None when its data can be read, else why not (the suite skips it).
     """
 
     name: str
     tasks: tuple[str, ...]
     chance: Callable[[str], float]
+    metric: str = "accuracy"
+    split: str = "test"
+    unavailable: Callable[[], str | None] = lambda: None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,11 +105,27 @@ def flan2022(root: str | None = None) -> list[Benchmark]:
             lambda name: bbh_chance(bbh[name], root),
         ),
         Benchmark(
+            "TyDiQA",
+            tuple(benchmarks_tydiqa.task_name(lang) for lang in benchmarks_tydiqa.LANGUAGES),
+            lambda _: 0.0,  # a free-form span
+            metric="em",
+            split="validation",
+            unavailable=_tydiqa_unavailable,
+        ),
+        Benchmark(
             "MGSM",
             tuple(benchmarks_mgsm.task_name(lang) for lang in benchmarks_mgsm.MGSM_LANGUAGES),
             lambda _: 0.0,  # a free-form number
         ),
     ]
+
+
+def _tydiqa_unavailable() -> str | None:
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    if tfds.builder(benchmarks_tydiqa.TFDS_NAME).is_prepared():
+        return None
+    return f"TFDS {benchmarks_tydiqa.TFDS_NAME} is not prepared (run `tfds build tydi_qa`)"
 
 
 def get_suite(options: SuiteOptions, root: str | None = None) -> list[Benchmark]:
@@ -119,7 +148,7 @@ def suite_scores(
         done = [t for t in bench.tasks if t in per_task]
         if not done:
             continue
-        score = sum(per_task[t]["accuracy"] for t in done) / len(done)
+        score = sum(per_task[t][bench.metric] for t in done) / len(done)
         chance = sum(bench.chance(t) for t in done) / len(done)
         out[bench.name] = {
             "score": score,
@@ -193,16 +222,24 @@ def run_suite(
         from flan_jax.data.vocab import get_vocabulary  # noqa: PLC0415
 
         vocab = get_vocabulary(options.vocabulary)
-        for module in (benchmarks, benchmarks_mgsm, benchmarks_mmlu_cot):
+        for module in (benchmarks, benchmarks_mgsm, benchmarks_mmlu_cot, benchmarks_tydiqa):
             module.register(vocab)
-    suite = get_suite(options)
+    suite = []
+    for bench in get_suite(options):
+        why = bench.unavailable()
+        if why:
+            print(f"suite {options.name}: {bench.name} skipped: {why}")
+        else:
+            suite.append(bench)
     if options.max_examples_per_task:
         config = dataclasses.replace(config, max_examples=options.max_examples_per_task)
-    tasks = [t for bench in suite for t in bench.tasks]
-    results = evaluate.run_evaluation(
-        model, params, tasks, split="test", feature_lengths=feature_lengths, config=config,
-        mesh=mesh,
-    )  # fmt: skip
+    results = {}
+    for split in dict.fromkeys(b.split for b in suite):  # benchmarks grouped by split
+        tasks = [t for bench in suite if bench.split == split for t in bench.tasks]
+        results |= evaluate.run_evaluation(
+            model, params, tasks, split=split, feature_lengths=feature_lengths, config=config,
+            mesh=mesh,
+        )  # fmt: skip
     scores = suite_scores(suite, {n: r.metrics for n, r in results.items()})
     if jax.process_index() == 0:
         evaluate.write_results(model_dir, step, results)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import seqio
 
-from flan_jax.data import mixtures, tasks
+from flan_jax.data import mixtures, opt_iml, tasks
 
 SIZES = {"m_a": (100, "x"), "m_b": (300, "y"), "m_c": (900, "z"), "m_d": (40, "z")}
 
@@ -90,6 +90,120 @@ def test_held_out_clusters_and_idempotence():
     assert tasks_of("mx_all_minus_x") == ["m_b_zs_noopt", "m_c_zs_noopt", "m_d_zs_noopt"]
     with pytest.raises(ValueError, match="a different mixture named 'mx_all'"):
         mixtures.register_mixture_spec(dict(spec, cap=10))
+
+
+def test_benchmark_proportions_as_ratio_string_or_mapping():
+    """OPT-IML writes benchmark proportions as "4/2/..."; each becomes its member's weight
+    (normalised to sum 1), split over the member's tasks like any sub-mixture weight."""
+    mixtures.register_mixture_spec({"name": "mx_bench_z", "members": ["m_c", "m_d"]})
+    spec = mixtures.MixtureSpec(
+        name="mx_bench", members=("m_a", "m_b", "mx_bench_z"), proportions="1/2/5"
+    )
+    assert [m.weight for m in spec.members] == [0.125, 0.25, 0.625]
+    # mx_bench_z's 0.625 is split 900:40 between m_c and m_d
+    assert mixtures.flat_rates(spec) == pytest.approx(
+        {
+            "m_a_zs_noopt": 0.125,
+            "m_b_zs_noopt": 0.25,
+            "m_c_zs_noopt": 0.625 * 900 / 940,
+            "m_d_zs_noopt": 0.625 * 40 / 940,
+        }
+    )
+    as_map = mixtures.MixtureSpec(
+        name="mx_bench", members=("m_a", "m_b", "mx_bench_z"),
+        proportions={"mx_bench_z": 5, "m_a": 1, "m_b": 2},
+    )  # fmt: skip
+    assert as_map == spec
+
+
+@pytest.mark.parametrize(
+    "proportions, match",
+    [
+        ("4/2", r"proportions '4/2' has 2 numbers for 3 members \['m_a', 'm_b', 'm_c'\]"),
+        ("4/x/1", r"must be numbers separated by '/'"),
+        ("4/0/1", r"must be > 0"),
+        ({"m_a": 1, "m_b": 1}, r"missing \['m_c'\], not members \[\]"),
+    ],
+)
+def test_bad_proportions(proportions, match):
+    with pytest.raises(ValueError, match=match):
+        mixtures.MixtureSpec(name="mx_p", members=("m_a", "m_b", "m_c"), proportions=proportions)
+
+
+def test_opt_iml_three_evaluation_splits():
+    """Cluster x fully held out, task m_d (cluster z, seen through m_c) partially held out."""
+    names = mixtures.register_mixture_spec(
+        {
+            "name": "mx_iml",
+            "members": ["m_a", "m_b", "m_c", "m_d"],
+            "opt_iml_splits": {"held_out_clusters": ["x"], "held_out_tasks": ["m_d"]},
+        }
+    )
+    assert names == [
+        "mx_iml",
+        "mx_iml_train",
+        "mx_iml_fully_held_out",
+        "mx_iml_partially_held_out",
+        "mx_iml_fully_supervised",
+    ]
+    tasks_of = lambda n: sorted(t.name for t in seqio.get_mixture_or_task(n).tasks)
+    assert tasks_of("mx_iml_train") == ["m_b_zs_noopt", "m_c_zs_noopt"]
+    assert tasks_of("mx_iml_fully_held_out") == ["m_a_zs_noopt"]
+    assert tasks_of("mx_iml_partially_held_out") == ["m_d_zs_noopt"]
+    assert tasks_of("mx_iml_fully_supervised") == tasks_of("mx_iml_train")
+    assert mixtures.mixture_rates("mx_iml_train") == {"m_b_zs_noopt": 300.0, "m_c_zs_noopt": 900.0}
+    train = seqio.get_mixture_or_task("mx_iml_train")
+    assert [train.get_rate(t) for t in train.tasks] == [300.0, 900.0]
+
+
+def test_shipped_opt_iml_tiny_keeps_its_benchmark_proportions():
+    import flan_jax.registry  # noqa: F401
+
+    rates = mixtures.mixture_rates("opt_iml_tiny_train")
+    total = sum(rates.values())
+    group = {
+        t.name: g
+        for g in ("language", "reasoning", "symbolic")
+        for t in seqio.get_mixture_or_task(f"opt_iml_tiny_{g}").tasks
+    }
+    shares = collections.Counter()
+    for t, r in rates.items():
+        shares[group[t]] += r / total
+    assert shares == pytest.approx({"language": 0.2, "reasoning": 0.5, "symbolic": 0.3})
+    clusters = lambda n: {opt_iml.cluster_of(t.name) for t in seqio.get_mixture_or_task(n).tasks}
+    assert "nli" not in clusters("opt_iml_tiny_train") and "sentiment" in clusters(
+        "opt_iml_tiny_train"
+    )
+    assert clusters("opt_iml_tiny_fully_held_out") == {"nli"}
+    partial = seqio.get_mixture_or_task("opt_iml_tiny_partially_held_out").tasks
+    assert {opt_iml.base_task(t.name) for t in partial} == {"tiny_restaurant_reviews"}
+
+
+def test_opt_iml_splits_refuse_shared_sources_and_unseen_clusters():
+    twin = task_spec("m_twin", 900, "y")
+    twin["source"]["args"] = {"tag": "C", "n": 900}  # m_c's data under another name
+    tasks.register_task_spec(twin)
+    try:
+        with pytest.raises(ValueError, match="reads the same data as a training task"):
+            mixtures.register_mixture_spec(
+                {
+                    "name": "mx_leak",
+                    "members": ["m_a", "m_b", "m_c", "m_twin"],
+                    "opt_iml_splits": {"held_out_tasks": ["m_twin"]},
+                }
+            )
+    finally:
+        tasks.unregister_task_spec("m_twin")
+    with pytest.raises(ValueError, match="held-out task 'm_a' \\(cluster 'x'\\) must belong"):
+        mixtures.register_mixture_spec(
+            {
+                "name": "mx_unseen",
+                "members": ["m_a", "m_b"],
+                "opt_iml_splits": {"held_out_tasks": ["m_a"]},
+            }
+        )
+    for name in ("mx_leak", "mx_unseen", "mx_leak_train", "mx_unseen_train"):
+        assert name not in seqio.MixtureRegistry.names()
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,9 @@ def test_suite_flan2022_end_to_end(run_dir):
         normalized.append(score - chance.get(bench, 0.0))
     assert record["normalized_average"] == pytest.approx(sum(normalized) / 5)
     assert "normalized average" in printed and f"{record['normalized_average']:.2f}" in printed
+    # no TyDiQA data here: skipped with the reason, not a crash and not a 0 in the average
+    assert "TyDiQA skipped: TFDS tydi_qa/goldp:3.0.0 is not prepared" in printed
+    assert not any(k.startswith("TyDiQA/") for k in record)
 
 
 class WellFormed(HTMLParser):

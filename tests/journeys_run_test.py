@@ -6,6 +6,7 @@ The commands come from README.md (tests/journeys_test.py's `readme_command`).
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import shlex
@@ -168,6 +169,32 @@ def test_flan_to_hf_export_matches_the_flan_model(trained_run):
     got = np.asarray(model._logits(params, batch, None))
     real = dec_tgt > 0
     np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=1e-4)
+
+
+def test_opt_iml_recipe_trains():
+    """The README's OPT-IML command (OPT-shaped decoder, AdamW, opt_iml_tiny_train): AdamW's
+    warm-up sets the logged learning rate, and the checkpoint holds Adam's two moments for
+    every parameter (Adafactor would hold factored rows and columns)."""
+    model_dir = f"{TMP}/opt"
+    command = readme_command("flan-jax train --gin_file=experiments/flan_tiny_opt.gin")
+    command = command.replace(f"--gin.MODEL_DIR=\"'{RUN}'\"", f"--gin.MODEL_DIR=\"'{model_dir}'\"")
+    assert "opt_iml_tiny_train" in command and f"'{model_dir}'" in command
+    shutil.rmtree(REPO / model_dir, ignore_errors=True)
+    done = flan_jax(command)
+    assert f"step {STEPS}/{STEPS} loss" in done.stdout
+    (record,) = [r for r in _records(model_dir) if r["kind"] == "train"]
+    assert record["learning_rate"] == pytest.approx(1e-3 * STEPS / 20)  # LR x step / WARMUP
+    meta = json.loads(
+        (REPO / model_dir / "checkpoints" / str(STEPS) / "default" / "_METADATA").read_text()
+    )
+    paths = [ast.literal_eval(k) for k in meta["tree_metadata"]]  # "('params', ...)"
+    params = {p[1:] for p in paths if p[0] == "params"}
+    moments = {
+        name: {p[4:] for p in paths if p[:2] == ("opt_state", "1") and p[3:4] == (name,)}
+        for name in ("mu", "nu")
+    }
+    assert len(params) > 20 and moments == {"mu": params, "nu": params}
+    shutil.rmtree(REPO / model_dir, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- the demo

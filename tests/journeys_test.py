@@ -107,12 +107,14 @@ JOURNEY = {
     "flan-jax generate --model_dir runs/flan_tiny_t5": "test_generate_is_the_greedy_decode",
     "flan-jax convert flan-to-hf runs/ft/": "test_flan_to_hf_export_matches_the_flan_model",
     "make demo": "test_demo_trains_then_restores_and_prints_its_json",
+    "flan-jax train --gin_file=experiments/flan_tiny_opt.gin": "test_opt_iml_recipe_trains",
 }
 IN_PROCESS = {  # command prefix -> (flags added to keep it fast, a string its output holds)
     "flan-jax tasks list --cluster nli": ("", "tiny_height_nli"),
     "flan-jax tasks show tiny_height_nli --format zs_opt -n 2": ("", "tiny_height_nli_zs_opt"),
     "flan-jax tasks show glue_rte --format fs_opt -n 1": ("", "glue_rte_fs_opt"),
     "flan-jax mixture stats flan_tiny --feature_lengths": (" --sample 8", "== flan_tiny"),
+    "flan-jax mixture stats opt_iml_tiny_train": (" --sample 8", "== opt_iml_tiny_train"),
 }
 WALKTHROUGH = "tests/data_cli_test.py::test_multiple_choice_walkthrough runs it"
 SUITE_DOC = "tests/eval_suite_report_test.py runs the same commands on a tiny trained run"

@@ -205,7 +205,7 @@ def held_out_eval_sets(mixture: str) -> dict[str, list[str]]:
     """For `<name>_minus_<cluster>`: the held-out cluster's validation/test texts (if readable)."""
     from flan_jax.data import mixtures, tasks  # noqa: PLC0415
 
-    spec, cluster = mixtures._MIXTURES.get(mixture, (None, None))
+    spec, cluster = mixtures.mixture_spec_of(mixture), mixtures.held_out_cluster(mixture)
     if cluster is None:
         return {}
     out: dict[str, list[str]] = {}

@@ -1,5 +1,6 @@
 """MixtureSpec -> seqio Mixtures: examples-proportional rates with a cap, temperature, weights,
-weighted sub-mixtures (flattened to per-task rates) and held-out `<name>_minus_<cluster>` splits.
+weighted sub-mixtures (flattened to per-task rates), benchmark proportions, held-out
+`<name>_minus_<cluster>` splits and OPT-IML's three evaluation splits.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from typing import Any
 import seqio
 
 from flan_jax.data import formats as formats_lib
+from flan_jax.data import opt_iml
 from flan_jax.data import tasks as tasks_lib
+from flan_jax.data.opt_iml import NOTHING, Excluded, cluster_of
 from flan_jax.data.templates import read_yaml
 from flan_jax.specs import spec_dir
 
 DEFAULT_CAP = 3000  # FLAN 2021's examples-proportional cap per task
-_MIXTURES: dict[str, tuple[MixtureSpec, str | None]] = {}  # name -> (spec, held-out cluster)
-_RATES: dict[tuple[str, str | None], tuple[MixtureSpec, dict[str, float]]] = {}
+# name -> (spec, what it excludes, the variants it keeps: None = all but the excluded)
+_MIXTURES: dict[str, tuple[MixtureSpec, Excluded, tuple[str, ...] | None]] = {}
+_RATES: dict[tuple[str, Excluded], tuple[MixtureSpec, dict[str, float]]] = {}
 _LOCK = threading.RLock()
 
 
@@ -50,12 +54,19 @@ class MixtureSpec:
     cap: int = DEFAULT_CAP
     temperature: float = 1.0
     held_out: tuple[str, ...] | str | None = None  # "all" or clusters
+    proportions: str | Mapping[str, float] | None = None
+    opt_iml_splits: opt_iml.OptImlSplits | Mapping[str, Any] | None = None
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
         members = [MixtureMember(name=m) if isinstance(m, str) else m for m in self.members]
         members = [MixtureMember(**m) if isinstance(m, Mapping) else m for m in members]
+        if self.proportions is not None:
+            members = _apply_proportions(self.name, members, self.proportions)
+            set_("proportions", None)  # now in the members' weights (one spec, one meaning)
         set_("members", tuple(members))
+        if isinstance(self.opt_iml_splits, Mapping):
+            set_("opt_iml_splits", opt_iml.OptImlSplits(**self.opt_iml_splits))
         if self.formats is not None:
             set_("formats", tuple(self.formats))
         if isinstance(self.held_out, (list, tuple)):
@@ -74,6 +85,20 @@ class MixtureSpec:
             raise ValueError(f"{where}: formats {bad} are not in {formats_lib.FORMATS}")
         if isinstance(self.held_out, str) and self.held_out != "all":
             raise ValueError(f"{where}: held_out must be 'all' or a list, got {self.held_out!r}")
+        if self.opt_iml_splits is not None and self.held_out is not None:
+            raise ValueError(
+                f"{where}: give `held_out:` (<name>_minus_<cluster> mixtures) or "
+                "`opt_iml_splits:` (its held_out_clusters), not both"
+            )
+
+
+def _apply_proportions(name, members, value) -> list[MixtureMember]:
+    where = f"mixture {name!r}"
+    weighted = [m.name for m in members if m.weight is not None]
+    if weighted:
+        raise ValueError(f"{where}: give `proportions:` or member weights, not both ({weighted})")
+    shares = opt_iml.parse_proportions(where, [m.name for m in members], value)
+    return [MixtureMember(name=m.name, weight=shares[m.name]) for m in members]
 
 
 def mixture_spec_files(root: str | pathlib.Path | None = None) -> list[pathlib.Path]:
@@ -104,14 +129,6 @@ def _expand_task(name: str, spec_formats: tuple[str, ...] | None) -> list[str]:
         fmts = [f for f in specs[name].formats if spec_formats is None or f in spec_formats]
         return [f"{name}_{f}" for f in fmts]
     return [name]
-
-
-def cluster_of(task_name: str) -> str | None:
-    """The cluster of a registered variant (None for tasks not made from a TaskSpec)."""
-    try:
-        return tasks_lib.get_task_spec(task_name).cluster
-    except ValueError:
-        return None
 
 
 def _is_mixture(name: str) -> bool:
@@ -161,13 +178,14 @@ def task_rate(task_name: str, cap: int, temperature: float = 1.0) -> float:
     return float(min(n, cap)) ** (1.0 / temperature)
 
 
-def flat_rates(spec: MixtureSpec, exclude_cluster: str | None = None) -> dict[str, float]:
+def flat_rates(spec: MixtureSpec, excluded: Excluded = NOTHING) -> dict[str, float]:
     """Per-task rates of a mixture with sub-mixtures flattened (unnormalised).
 
     Example: members [a (900 ex), b (5000 ex)] with cap 3000 -> {a: 900.0, b: 3000.0}; adding
     `{name: sub, weight: 100}` where sub = [c (10 ex), d (30 ex)] adds {c: 25.0, d: 75.0}.
+    Excluded tasks are left out before a sub-mixture's weight is split over its tasks.
     """
-    key = (spec.name, exclude_cluster)
+    key = (spec.name, excluded)
     with _LOCK:
         cached = _RATES.get(key)
         if cached is not None and cached[0] == spec:
@@ -175,7 +193,7 @@ def flat_rates(spec: MixtureSpec, exclude_cluster: str | None = None) -> dict[st
     rates: dict[str, float] = {}
     for member in spec.members:
         if _is_mixture(member.name):
-            sub = _sub_rates(member.name, exclude_cluster)
+            sub = _sub_rates(member.name, excluded)
             total = sum(sub.values())
             scale = 1.0 if member.weight is None or not total else member.weight / total
             parts = {t: r * scale for t, r in sub.items()}
@@ -183,7 +201,7 @@ def flat_rates(spec: MixtureSpec, exclude_cluster: str | None = None) -> dict[st
             parts = {
                 t: member.weight or task_rate(t, spec.cap, spec.temperature)
                 for t in _expand_task(member.name, spec.formats)
-                if exclude_cluster is None or cluster_of(t) != exclude_cluster
+                if not excluded.drops(t)
             }
         for t, r in parts.items():
             rates[t] = rates.get(t, 0.0) + r
@@ -192,23 +210,37 @@ def flat_rates(spec: MixtureSpec, exclude_cluster: str | None = None) -> dict[st
     return dict(rates)
 
 
-def _sub_rates(name: str, exclude_cluster: str | None) -> dict[str, float]:
+def _sub_rates(name: str, excluded: Excluded) -> dict[str, float]:
     if name in _MIXTURES:
-        return flat_rates(_MIXTURES[name][0], exclude_cluster)
+        return flat_rates(_MIXTURES[name][0], excluded)
     mixture = seqio.get_mixture_or_task(name)
-    return {
-        t.name: float(mixture.get_rate(t))
-        for t in mixture.tasks
-        if exclude_cluster is None or cluster_of(t.name) != exclude_cluster
-    }
+    return {t.name: float(mixture.get_rate(t)) for t in mixture.tasks if not excluded.drops(t.name)}
+
+
+def _rates_of(name: str) -> dict[str, float]:
+    spec, excluded, keep = _MIXTURES[name]
+    rates = flat_rates(spec, excluded)
+    return rates if keep is None else {t: r for t, r in flat_rates(spec).items() if t in keep}
 
 
 def mixture_rates(name: str) -> dict[str, float]:
     """Per-task rates of a mixture registered here (flattened, unnormalised)."""
     if name not in _MIXTURES:
         raise tasks_lib.unknown_name_error("mixture", name, list(_MIXTURES))
-    spec, cluster = _MIXTURES[name]
-    return flat_rates(spec, cluster)
+    return _rates_of(name)
+
+
+def held_out_cluster(name: str) -> str | None:
+    """The cluster a `<mixture>_minus_<cluster>` mixture leaves out (None otherwise)."""
+    spec, excluded, keep = _MIXTURES.get(name, (None, NOTHING, None))
+    if keep is None and len(excluded.clusters) == 1 and not excluded.tasks:
+        return next(iter(excluded.clusters))
+    return None
+
+
+def mixture_spec_of(name: str) -> MixtureSpec | None:
+    """The spec a mixture registered here was made from (None for other mixtures)."""
+    return _MIXTURES.get(name, (None,))[0]
 
 
 def _held_out_clusters(spec: MixtureSpec, tasks: Sequence[str]) -> list[str]:
@@ -237,42 +269,49 @@ def register_mixture_spec(spec: MixtureSpec | str | pathlib.Path | Mapping[str, 
         spec = load_mixture_spec(spec)
     with _LOCK:
         if spec.name in _MIXTURES and _MIXTURES[spec.name][0] == spec:
-            return [n for n, (s, _) in _MIXTURES.items() if s == spec]
+            return [n for n, (s, _, _) in _MIXTURES.items() if s == spec]
         if spec.name in _MIXTURES or spec.name in seqio.MixtureRegistry.names():
             raise ValueError(f"a different mixture named {spec.name!r} is already registered")
         for member in spec.members:
             _check_member(spec, member)
         tasks = member_tasks(spec)
-        plan = [(spec.name, None)]
-        plan += [(f"{spec.name}_minus_{c}", c) for c in _held_out_clusters(spec, tasks)]
-        for name, _ in plan:
+        plan = [(spec.name, NOTHING, None)]
+        plan += [
+            (f"{spec.name}_minus_{c}", Excluded(clusters=frozenset([c])), None)
+            for c in _held_out_clusters(spec, tasks)
+        ]
+        if spec.opt_iml_splits is not None:
+            plan += opt_iml.split_plan(spec.name, spec.opt_iml_splits, tasks)
+        for name, _, _ in plan:
             if name in seqio.MixtureRegistry.names() or name in seqio.TaskRegistry.names():
                 raise ValueError(f"mixture name {name!r} is already registered with seqio")
-        for name, cluster in plan:
-            members = [t for t in tasks if cluster is None or cluster_of(t) != cluster]
-            rate_fns = [(t, _RateFn(spec, cluster, t)) for t in members]
+        for name, excluded, keep in plan:
+            if keep is None:
+                members = [t for t in tasks if not excluded.drops(t)]
+            else:
+                members = [t for t in tasks if t in keep]
+            rate_fns = [(t, _RateFn(name, t)) for t in members]
             seqio.MixtureRegistry.add_provider(name, seqio.Mixture(name, rate_fns))
-            _MIXTURES[name] = (spec, cluster)
-    return [name for name, _ in plan]
+            _MIXTURES[name] = (spec, excluded, keep)
+    return [name for name, _, _ in plan]
 
 
 @dataclasses.dataclass(frozen=True)
 class _RateFn:
     """A lazy seqio rate: counting examples waits until a dataset is built."""
 
-    spec: MixtureSpec
-    cluster: str | None
+    mixture: str
     task: str
 
     def __call__(self, task: seqio.Task | None = None) -> float:
-        return flat_rates(self.spec, self.cluster)[self.task]
+        return _rates_of(self.mixture)[self.task]
 
 
 def unregister_mixture(name: str) -> None:
     """Removes a mixture registered here (its held-out splits too) from seqio."""
     with _LOCK:
-        spec = _MIXTURES.get(name, (None, None))[0]
-        for other in [n for n, (s, _) in _MIXTURES.items() if s is spec and spec is not None]:
+        spec = _MIXTURES.get(name, (None,))[0]
+        for other in [n for n, (s, _, _) in _MIXTURES.items() if s is spec and spec is not None]:
             seqio.MixtureRegistry.remove(other)
             del _MIXTURES[other]
 
