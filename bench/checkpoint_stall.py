@@ -29,7 +29,7 @@ def _pipeline(args):
     import seqio  # noqa: PLC0415
 
     import flan_jax.registry  # noqa: F401, PLC0415
-    from flan_jax import input_pipeline  # noqa: PLC0415
+    from flan_jax.training import input_pipeline  # noqa: PLC0415
 
     lengths = dict(zip(("inputs", "targets"), map(int, args.lengths.split("/")), strict=True))
     config = input_pipeline.DataConfig(
@@ -62,7 +62,7 @@ def _restore_data(kind: str, step_dir: pathlib.Path, iterator) -> None:
 def _measure(kind: str, make, args, root: pathlib.Path) -> dict:
     import jax.numpy as jnp  # noqa: PLC0415
 
-    from flan_jax import checkpoints  # noqa: PLC0415
+    from flan_jax.checkpoints import manager as checkpoints  # noqa: PLC0415
 
     config = checkpoints.CheckpointConfig(data_state=kind, keep=None)
     ckpt = checkpoints.Checkpointer(str(root / kind), config)

@@ -19,7 +19,7 @@ import numpy as np
 from bench import common
 from flan_jax import convert
 from flan_jax.convert import hf
-from flan_jax.decoding import DecodeConfig
+from flan_jax.model.decoding import DecodeConfig
 
 SIZES = {  # T5 v1.1 shapes (gin/models/t5_1_1/{tiny,small}.gin)
     "tiny": dict(d_model=128, d_kv=32, num_heads=4, d_ff=512, num_layers=2),

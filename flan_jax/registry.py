@@ -68,7 +68,11 @@ def register_all() -> tuple[list[str], list[str]]:
         tasks.task_spec_files(), mixtures.mixture_spec_files()
     )
     # evaluation tasks: MMLU / BBH / GSM8K, MGSM, MMLU chain of thought
-    from flan_jax import benchmarks, benchmarks_mgsm, benchmarks_mmlu_cot  # noqa: PLC0415
+    from flan_jax.evaluation import (
+        benchmarks,
+        benchmarks_mgsm,
+        benchmarks_mmlu_cot,  # noqa: PLC0415
+    )
 
     task_names += benchmarks.register()
     task_names += benchmarks_mgsm.register()

@@ -14,7 +14,8 @@ import seqio
 import train_test
 from conftest import DATA_DIR, needs_data
 
-from flan_jax import benchmarks_mmlu_cot, cli, evaluate, report, suites
+from flan_jax import cli
+from flan_jax.evaluation import benchmarks_mmlu_cot, evaluate, report, suites
 
 VOID = {"meta", "img", "br", "hr", "link", "input"}
 

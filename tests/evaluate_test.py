@@ -12,8 +12,9 @@ import seqio
 import tensorflow as tf
 from flax import linen as nn
 
-from flan_jax import evaluate, infer, models, network
-from flan_jax.decoding import DecodeConfig
+from flan_jax.evaluation import evaluate, infer
+from flan_jax.model import models, network
+from flan_jax.model.decoding import DecodeConfig
 from flan_jax.partitioning import make_mesh
 
 VOCAB = seqio.ByteVocabulary()
@@ -268,7 +269,7 @@ EVAL_LENGTHS = {"inputs": 48, "targets": 32}  # every option fits untrimmed
 
 def _save_run_checkpoint(model_dir, params, step):
     """A checkpoint saved the way the trainer saves it: {step, params, opt_state} via orbax."""
-    from flan_jax import checkpoints  # noqa: PLC0415
+    from flan_jax.checkpoints import manager as checkpoints  # noqa: PLC0415
 
     state = {
         "step": np.int32(step),
@@ -405,7 +406,7 @@ def test_rank_classification_matches_transformers_log_likelihoods(tiny, tmp_path
 def test_each_task_is_evaluated_on_its_own_split_unless_one_is_named():
     """EVAL_SPLIT None: validation where a task has it, else test (MMLU, BBH, GSM8K); a named
     split the task lacks is an error naming the splits it has (BBH used to run on test)."""
-    from flan_jax import benchmarks, inference
+    from flan_jax.evaluation import benchmarks, inference
 
     benchmarks.register(vocabulary=VOCAB)
     mmlu = seqio.get_mixture_or_task("mmlu_anatomy_0shot")

@@ -11,9 +11,11 @@ import seqio
 from flax import linen as nn
 
 import gin
-from flan_jax import checkpoints, gin_flags, infer
-from flan_jax import generate as gen
-from flan_jax.decoding import DecodeConfig
+from flan_jax.checkpoints import manager as checkpoints
+from flan_jax.cli import generate as gen
+from flan_jax.cli import gin_flags
+from flan_jax.evaluation import infer
+from flan_jax.model.decoding import DecodeConfig
 
 VOCAB = seqio.ByteVocabulary()
 PROMPTS = ["what is 2 + 3?", "héllo wörld", "a"]

@@ -10,8 +10,10 @@ import seqio
 import tensorflow as tf
 from flax import linen as nn
 
-from flan_jax import checkpoints, infer, models, network
-from flan_jax.decoding import DecodeConfig
+from flan_jax.checkpoints import manager as checkpoints
+from flan_jax.evaluation import infer
+from flan_jax.model import models, network
+from flan_jax.model.decoding import DecodeConfig
 
 VOCAB = seqio.ByteVocabulary()
 LENGTHS = {"inputs": 16, "targets": 8}
@@ -20,8 +22,8 @@ CONFIG = network.TransformerConfig(
     num_encoder_layers=1, num_decoder_layers=1,
 )  # fmt: skip
 MODEL_GIN = """from __gin__ import dynamic_registration
-from flan_jax import models
-from flan_jax import network
+from flan_jax.model import models
+from flan_jax.model import network
 MODEL = @models.EncoderDecoderModel()
 models.EncoderDecoderModel.config = @network.TransformerConfig()
 network.TransformerConfig:

@@ -10,7 +10,10 @@ import pytest
 from partitioning_test import SHAPES, ToyModel
 
 import gin
-from flan_jax import checkpoints, models, network, optimizer, partitioning, train_state
+from flan_jax import partitioning
+from flan_jax.checkpoints import manager as checkpoints
+from flan_jax.model import models, network
+from flan_jax.training import optimizer, train_state
 
 GIN_DIR = os.path.join(os.path.dirname(__file__), "..", "gin")
 

@@ -35,8 +35,16 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"{{name}} is blocked in this test")
 
 sys.meta_path.insert(0, Block())
-from flan_jax import decoding, flops, layers, metrics_log, models, network, optimizer
-from flan_jax import partitioning, train_state, transformer
+from flan_jax.model import decoding
+from flan_jax.model import flops
+from flan_jax.model import layers
+from flan_jax.training import metrics_log
+from flan_jax.model import models
+from flan_jax.model import network
+from flan_jax.training import optimizer
+from flan_jax import partitioning
+from flan_jax.training import train_state
+from flan_jax.model import transformer
 from tf_free_step import one_step
 
 print(json.dumps(one_step("t5_1_1/tiny")))

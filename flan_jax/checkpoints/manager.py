@@ -17,8 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from flan_jax import checkpoint_files as files
-from flan_jax.checkpoint_files import StorageError
+from flan_jax.checkpoints import files
+from flan_jax.checkpoints.files import StorageError
 
 PyTree = Any
 DATA_STATES = ("position", "tf_iterator")

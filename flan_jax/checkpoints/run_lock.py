@@ -17,7 +17,7 @@ import time
 
 from etils import epath
 
-from flan_jax.checkpoint_files import atomic_write, is_local
+from flan_jax.checkpoints.files import atomic_write, is_local
 
 LOCK_NAME = "trainer.lock"
 

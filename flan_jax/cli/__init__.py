@@ -11,17 +11,17 @@ from collections.abc import Sequence
 
 # subcommand -> module exposing `main(argv: list[str]) -> int`
 COMMANDS = {
-    "train": "flan_jax.train",
-    "eval": "flan_jax.evaluate",
-    "infer": "flan_jax.infer",
-    "generate": "flan_jax.generate",
-    "convert": "flan_jax.convert.cli",
-    "tasks": "flan_jax.data.cli",
-    "mixture": "flan_jax.data.cli",
-    "demo": "flan_jax.demo",
-    "report": "flan_jax.report",
+    "train": "flan_jax.training.train",
+    "eval": "flan_jax.evaluation.evaluate",
+    "infer": "flan_jax.evaluation.infer",
+    "generate": "flan_jax.cli.generate",
+    "convert": "flan_jax.cli.convert",
+    "tasks": "flan_jax.cli.data",
+    "mixture": "flan_jax.cli.data",
+    "demo": "flan_jax.cli.demo",
+    "report": "flan_jax.evaluation.report",
 }
-PASS_SUBCOMMAND = ("tasks", "mixture")  # flan_jax.data.cli parses these words itself
+PASS_SUBCOMMAND = ("tasks", "mixture")  # flan_jax.cli.data parses these words itself
 # What bad input raises (flags, gin, specs, data files, names): reported in two lines, exit 2.
 # The library raises these with messages that name the value and the fix; a bug deep in
 # JAX/TF raises other types and keeps its traceback.

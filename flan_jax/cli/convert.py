@@ -21,7 +21,9 @@ def _train_run_model(src: str) -> tuple[str, str, object]:
     """(orbax step dir, architecture, TransformerConfig) of a `flan-jax train` checkpoint: the
     model comes from the run's config.gin (a train checkpoint has no flan_model.json)."""
     import gin
-    from flan_jax import checkpoints, gin_flags, models
+    from flan_jax.checkpoints import manager as checkpoints
+    from flan_jax.cli import gin_flags
+    from flan_jax.model import models
 
     config = gin_flags.find_run_config([src])
     item = checkpoints._orbax_item_dir(checkpoints.absolute_path(src))

@@ -18,11 +18,13 @@ import tensorflow as tf
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from flan_jax import evaluate, input_pipeline, optimizer, partitioning, train, train_state
-from flan_jax.checkpoints import CheckpointConfig
-from flan_jax.decoding import DecodeConfig
-from flan_jax.input_pipeline import DataConfig
-from flan_jax.optimizer import OptimizerConfig
+from flan_jax import partitioning
+from flan_jax.checkpoints.manager import CheckpointConfig
+from flan_jax.evaluation import evaluate
+from flan_jax.model.decoding import DecodeConfig
+from flan_jax.training import input_pipeline, optimizer, train, train_state
+from flan_jax.training.input_pipeline import DataConfig
+from flan_jax.training.optimizer import OptimizerConfig
 
 RANK, GREEDY = "rank acc", "greedy EM"
 
@@ -289,17 +291,17 @@ def _report(rows, run: train.RunConfig, data: DataConfig, demo: DemoConfig, *, w
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m flan_jax.demo [--gin_file=experiments/flan_tiny_decoder.gin] [--gin.X=...]`."""
+    """`python -m flan_jax.cli.demo [--gin_file=experiments/flan_tiny_decoder.gin] [--gin.X=...]`."""
     import gin
-    from flan_jax import gin_flags
+    from flan_jax.cli import gin_flags
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a.startswith("--gin_file") for a in argv):
         argv.insert(0, "--gin_file=experiments/flan_tiny_t5.gin")
-    gin_flags.enable_compilation_cache(gin_flags.parse(argv, "flan_jax.demo"))
+    gin_flags.enable_compilation_cache(gin_flags.parse(argv, "flan_jax.cli.demo"))
     gin_flags.write_config(gin.query_parameter("%MODEL_DIR"), gin.config_str())
     # `python -m` runs this file as __main__: use the module gin registered
-    gin.get_configurable(importlib.import_module("flan_jax.demo").run_demo)()
+    gin.get_configurable(importlib.import_module("flan_jax.cli.demo").run_demo)()
     return 0
 
 

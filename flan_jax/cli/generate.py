@@ -1,7 +1,7 @@
 """`flan-jax generate --model_dir D "prompt"`: decode from a run's latest checkpoint, streaming.
 
 The model comes from MODEL_DIR/config.gin (written by the trainer); decoding uses the KV
-cache through `flan_jax.decoding.decode`, and a host callback in the step function hands each
+cache through `flan_jax.model.decoding.decode`, and a host callback in the step function hands each
 token to the host as soon as it is chosen, so text appears while the model decodes.
 """
 
@@ -20,9 +20,11 @@ import jax
 import numpy as np
 import seqio
 
-from flan_jax import decoding, gin_flags, infer
+from flan_jax.cli import gin_flags
 from flan_jax.data import vocab as vocab_lib
-from flan_jax.decoding import DecodeConfig
+from flan_jax.evaluation import infer
+from flan_jax.model import decoding
+from flan_jax.model.decoding import DecodeConfig
 
 DEFAULT_LENGTHS = {"inputs": 512, "targets": 128}
 

@@ -1,6 +1,6 @@
 """Clear errors for bad command-line gin: unknown files, unparsable bindings, unused macros.
 
-Used by flan_jax.gin_flags (entry points only). Every check raises ValueError with a one-line
+Used by flan_jax.cli.gin_flags (entry points only). Every check raises ValueError with a one-line
 message naming the flag, the value and the fix; `flan_jax.cli` prints it with exit code 2.
 """
 

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 import jax
 
 import gin
-from flan_jax import gin_errors, specs
+from flan_jax import specs
+from flan_jax.cli import gin_errors
 from gin import config as gin_config
 from gin import resource_reader
 
@@ -334,7 +335,7 @@ def write_config(model_dir: str, text: str) -> None:
         return
     from etils import epath
 
-    from flan_jax import checkpoint_files
+    from flan_jax.checkpoints import files as checkpoint_files
 
     epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
     checkpoint_files.atomic_write(os.path.join(model_dir, "config.gin"), text.encode())

@@ -15,11 +15,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flan_jax import models, network
+from flan_jax.model import models, network
 
 Params = dict[str, Any]
 ARCHITECTURES = ("encoder_decoder", "decoder_only")
-PARAMS_ITEM = "default"  # orbax item dir, the name flan_jax.checkpoints looks for
+PARAMS_ITEM = "default"  # orbax item dir, the name flan_jax.checkpoints.manager looks for
 MODEL_CONFIG_FILE = "flan_model.json"
 
 

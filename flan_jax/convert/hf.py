@@ -18,8 +18,9 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from flan_jax import convert, network
+from flan_jax import convert
 from flan_jax.convert import consumed, hf_opt
+from flan_jax.model import network
 
 Params = dict[str, Any]
 SUPPORTED_ARCHITECTURES = {

@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from flax import serialization
 
-from flan_jax import network
+from flan_jax.model import network
 
 Params = dict[str, Any]
 

@@ -22,7 +22,7 @@ import re
 
 import seqio
 
-from flan_jax import benchmarks
+from flan_jax.evaluation import benchmarks
 from flan_jax.metrics import mgsm_answer
 
 # English first, then the 10 translations in the files' (alphabetical) order.

@@ -24,7 +24,7 @@ from typing import Any
 
 import seqio
 
-from flan_jax import benchmarks
+from flan_jax.evaluation import benchmarks
 from flan_jax.metrics import choice_letter
 from flan_jax.metrics.postprocessors import answer_after_marker
 

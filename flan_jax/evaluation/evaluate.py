@@ -22,9 +22,7 @@ from jax.sharding import Mesh
 from tensorflow.core.framework import summary_pb2
 
 from flan_jax import metrics as metrics_lib
-from flan_jax import metrics_log
-from flan_jax.decoding import DecodeConfig
-from flan_jax.infer import (
+from flan_jax.evaluation.infer import (
     Model,
     as_text,
     generate,
@@ -34,6 +32,8 @@ from flan_jax.infer import (
     restore_params,
     score_rows,
 )
+from flan_jax.model.decoding import DecodeConfig
+from flan_jax.training import metrics_log
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -393,7 +393,7 @@ def evaluate_checkpoint(
         importlib.import_module(mixture_or_task_module)
     params, step = restore_params(model, checkpoint_path, mesh)
     if suite is not None:
-        from flan_jax import suites  # noqa: PLC0415
+        from flan_jax.evaluation import suites  # noqa: PLC0415
 
         scores = suites.run_suite(
             model, params, step, suite, model_dir=model_dir, feature_lengths=feature_lengths,
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     MODEL_DIR) belongs to, unless the command line sets them (a model gin, --gin.X=...).
     """
     import gin
-    from flan_jax import gin_flags
+    from flan_jax.cli import gin_flags
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--suite" or a.startswith("--suite=") for a in argv):
@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     suite = None
     if args.suite is not None:
-        from flan_jax import suites  # noqa: PLC0415
+        from flan_jax.evaluation import suites  # noqa: PLC0415
 
         try:
             suite = suites.SuiteOptions(
@@ -474,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_macros.get("MIXTURE_OR_TASK_MODULE"):  # the module that registered the run's tasks
         importlib.import_module(args.run_macros["MIXTURE_OR_TASK_MODULE"])
     # `python -m` runs this file as __main__: use the module gin registered
-    run = gin.get_configurable(importlib.import_module("flan_jax.evaluate").evaluate_checkpoint)
+    run = gin.get_configurable(
+        importlib.import_module("flan_jax.evaluation.evaluate").evaluate_checkpoint
+    )
     try:
         run(suite=suite) if suite is not None else run()
     except ValueError as e:  # e.g. a task without the requested split

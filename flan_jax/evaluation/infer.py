@@ -2,7 +2,7 @@
 `{"inputs": ...}` lines.
 
 The batched core (scoring, rank classification, decoding, checkpoint restore) lives in
-flan_jax.inference; its names are re-exported here for existing callers.
+flan_jax.evaluation.inference; its names are re-exported here for existing callers.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from jax.sharding import Mesh
 
 from flan_jax.data import vocab as vocab_lib
 from flan_jax.data.sources import read_jsonl
-from flan_jax.decoding import DecodeConfig
-from flan_jax.inference import (
+from flan_jax.evaluation.inference import (
     Batch,
     Model,
     as_text,
@@ -41,6 +40,7 @@ from flan_jax.inference import (
     restore_params,
     score_rows,
 )
+from flan_jax.model.decoding import DecodeConfig
 
 __all__ = [
     "MODES",
@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     to (its config.gin) unless the command line sets them.
     """
     import gin
-    from flan_jax import gin_flags
+    from flan_jax.cli import gin_flags
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="flan-jax infer", add_help=False)
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module(module)
         overrides["vocabulary_task"] = run_task
     # `python -m` runs this file as __main__: use the module gin registered
-    run = gin.get_configurable(importlib.import_module("flan_jax.infer").run_inference)
+    run = gin.get_configurable(importlib.import_module("flan_jax.evaluation.infer").run_inference)
     try:
         count = run(**overrides)
     except ValueError as e:

@@ -1,7 +1,7 @@
 """Batched scoring, rank classification and decoding of token rows; checkpoint restore.
 
-The layer under flan_jax.evaluate, flan_jax.generate and the `flan-jax infer` entry point
-(flan_jax.infer): rows of token ids in, one jitted forward pass or decode per batch.
+The layer under flan_jax.evaluation.evaluate, flan_jax.cli.generate and the `flan-jax infer` entry point
+(flan_jax.evaluation.infer): rows of token ids in, one jitted forward pass or decode per batch.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ import tensorflow as tf
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
-from flan_jax import checkpoints, partitioning
-from flan_jax.decoding import DecodeConfig
+from flan_jax import partitioning
+from flan_jax.checkpoints import manager as checkpoints
+from flan_jax.model.decoding import DecodeConfig
 from flan_jax.partitioning import logical_to_mesh_spec
 
 Batch = dict[str, np.ndarray]
 
 
 class Model(Protocol):
-    """What evaluation needs of flan_jax.models.EncoderDecoderModel / DecoderOnlyModel."""
+    """What evaluation needs of flan_jax.model.models.EncoderDecoderModel / DecoderOnlyModel."""
 
     feature_converter_cls: type[seqio.FeatureConverter]
 
@@ -226,7 +227,7 @@ def rank_classify(
                 f"example {i} has an empty `options` list (input: "
                 f"{as_text(ex.get('inputs_pretokenized', ''))[:80]!r}); rank classification "
                 "needs at least one option. Inverted templates carry none: score such examples "
-                "by generation (flan_jax.evaluate.evaluate_task does)"
+                "by generation (flan_jax.evaluation.evaluate.evaluate_task does)"
             )
         for option in ex["options"]:
             ids = list(vocab.encode(as_text(option)))[: max_target - 1] + [vocab.eos_id]

@@ -16,7 +16,8 @@ import os
 import re
 from collections.abc import Callable, Sequence
 
-from flan_jax import benchmarks, benchmarks_mgsm, benchmarks_mmlu_cot, metrics_log
+from flan_jax.evaluation import benchmarks, benchmarks_mgsm, benchmarks_mmlu_cot
+from flan_jax.training import metrics_log
 
 SUITES = ("flan2022",)
 
@@ -187,7 +188,7 @@ def run_suite(
     (`evaluate.write_results`) and a `suite` record to metrics.jsonl, prints the table."""
     import jax  # noqa: PLC0415
 
-    from flan_jax import evaluate  # noqa: PLC0415
+    from flan_jax.evaluation import evaluate  # noqa: PLC0415
 
     if options.vocabulary:  # e.g. "byte" for the byte-level flan_tiny models
         from flan_jax.data.vocab import get_vocabulary  # noqa: PLC0415

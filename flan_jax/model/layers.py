@@ -16,7 +16,7 @@ from flax import linen as nn
 from flax import struct
 from jax import lax
 
-from flan_jax import fused_attention
+from flan_jax.model import fused_attention
 
 Array = jax.Array
 DType = jnp.dtype | type
@@ -281,7 +281,7 @@ def _attend(
     """Softmax attention; q [b,q,H,d], k/v [b,k,K,d] (H = K * groups), bias [b|1, H|1, q, k].
 
     An AttentionMask `bias` (impl 'fused') goes to the backend's fused kernel
-    (flan_jax.fused_attention); `dropout` (applied to the attention probabilities, as T5X)
+    (flan_jax.model.fused_attention); `dropout` (applied to the attention probabilities, as T5X)
     forces the einsum path.
     """
     if isinstance(bias, AttentionMask):

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from flan_jax import decoding, network
-from flan_jax.decoding import DecodeConfig
+from flan_jax.model import decoding, network
+from flan_jax.model.decoding import DecodeConfig
 
 if TYPE_CHECKING:  # seqio (and TensorFlow) only where data is converted: see _seqio()
     import seqio

@@ -1,7 +1,7 @@
 """Flax networks: EncoderDecoder (T5 v1.1 / original T5) and DecoderOnly (causal / prefix LM).
 
 Parameter names follow T5X (`token_embedder`, `encoder/layers_0/attention/query`, ...), so
-T5X checkpoints map 1:1. The networks stack flan_jax.transformer's layers, configured by its
+T5X checkpoints map 1:1. The networks stack flan_jax.model.transformer's layers, configured by its
 `TransformerConfig` (re-exported here, as gin files name it `network.TransformerConfig`).
 """
 
@@ -13,8 +13,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-from flan_jax import layers
-from flan_jax.transformer import (
+from flan_jax.model import layers
+from flan_jax.model.transformer import (
     DTYPES,
     EMBED_AXES,
     LOGITS_AXES,

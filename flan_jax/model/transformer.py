@@ -1,6 +1,6 @@
 """TransformerConfig and the layers both networks stack: EncoderLayer, DecoderLayer, run_layers.
 
-Built from flan_jax.layers; flan_jax.network assembles them into Encoder / Decoder stacks and
+Built from flan_jax.model.layers; flan_jax.model.network assembles them into Encoder / Decoder stacks and
 the EncoderDecoder / DecoderOnly networks. `TransformerConfig` is the one frozen description
 of a network.
 """
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from flan_jax import layers
+from flan_jax.model import layers
 
 Array = jax.Array
 EMBED_AXES = ("activation_batch", "activation_length", "activation_embed")
@@ -45,7 +45,7 @@ class TransformerConfig:
       scan_layers: nn.scan over layers (params stacked under `layers`, axis `layers`).
       remat_policy: 'none', 'full' or a jax.checkpoint_policies name.
       attention_impl: 'einsum' (reference), 'dot_product_attention' (jax.nn with the dense
-        bias) or 'fused' (flan_jax.fused_attention: segment ids, kernel chosen per backend).
+        bias) or 'fused' (flan_jax.model.fused_attention: segment ids, kernel chosen per backend).
       norm_type: 'rms' (T5 / Llama RMSNorm) or 'layernorm' (mean and bias, OPT).
       post_layer_norm: normalize after each residual add and skip the final norm (OPT-350m);
         decoder-only.

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 
 import jax
 
-from flan_jax import flops as flops_lib
-from flan_jax import train_state
+from flan_jax.model import flops as flops_lib
+from flan_jax.training import train_state
 
 
 def _tensorflow():
@@ -105,7 +105,7 @@ class _LineAppender:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
         except OSError as e:
             os.ftruncate(self._fd, size)  # no partial line left behind
-            from flan_jax import checkpoint_files
+            from flan_jax.checkpoints import files as checkpoint_files
 
             checkpoint_files.raise_if_storage_error(e, self.path, len(data))
             raise
@@ -125,7 +125,7 @@ class MetricsLogger:
       model_dir: where metrics.jsonl and the TensorBoard events (tensorboard/) go.
       total_steps: TRAIN_STEPS, for the ETA.
       flops_per_device_step: XLA's per-device FLOPs of one train step (None: not logged);
-        a second opinion only (see flan_jax.flops).
+        a second opinion only (see flan_jax.model.flops).
       model_flops_per_step: analytic model FLOPs of one step, all devices
         (flops.train_flops_per_step); with the device's peak it gives the MFU.
       peak_flops_per_device: the MFU's denominator (None: flops.device_peak of device 0).

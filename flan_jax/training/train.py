@@ -1,4 +1,4 @@
-"""The gin entry point (`flan-jax train`, `python -m flan_jax.train`) and the train loop."""
+"""The gin entry point (`flan-jax train`, `python -m flan_jax.cli.train`) and the train loop."""
 
 from __future__ import annotations
 
@@ -17,20 +17,20 @@ import tensorflow as tf
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from flan_jax import (
-    checkpoints,
-    flops,
-    input_pipeline,
-    metrics_log,
-    optimizer,
-    partitioning,
-    run_lock,
-    train_state,
+from flan_jax import partitioning
+from flan_jax.checkpoints import manager as checkpoints
+from flan_jax.checkpoints import run_lock
+from flan_jax.checkpoints.manager import CheckpointConfig
+from flan_jax.model import flops
+from flan_jax.training import input_pipeline, metrics_log, optimizer, train_state
+from flan_jax.training.input_pipeline import DataConfig
+from flan_jax.training.optimizer import OptimizerConfig
+from flan_jax.training.train_state import (
+    MEMORY_FIELDS,
+    StepConfig,
+    compile_train_step,
+    memory_report,
 )
-from flan_jax.checkpoints import CheckpointConfig
-from flan_jax.input_pipeline import DataConfig
-from flan_jax.optimizer import OptimizerConfig
-from flan_jax.train_state import MEMORY_FIELDS, StepConfig, compile_train_step, memory_report
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -207,7 +207,7 @@ def _check_data(model, data: DataConfig, sample: int) -> None:
 def format_memory_report(report: dict, mesh: Mesh) -> str:
     """The `--precompile` table: MiB and exact bytes per device, then FLOPs per step.
 
-    The analytic model FLOPs (report["model_flops"], flan_jax.flops) come first; XLA's count
+    The analytic model FLOPs (report["model_flops"], flan_jax.model.flops) come first; XLA's count
     is a second opinion (too low on GPU, a scanned stack counted once).
     """
     lines = [f"memory per device (mesh {dict(mesh.shape)}, {mesh.size} devices):"]
@@ -417,7 +417,7 @@ class _FingerprintLog:
 def main(argv: list[str] | None = None) -> int:
     """`flan-jax train --gin_file=runs/finetune.gin --gin.MODEL_DIR=...`; returns the exit code."""
     # `python -m` runs this file as __main__: use the module the loop (and gin) use
-    module = importlib.import_module("flan_jax.train")
+    module = importlib.import_module("flan_jax.training.train")
     watcher, _ = module.PreemptionWatcher.install()  # first: a SIGTERM from here on is handled
     try:
         return _main(module, argv)
@@ -429,7 +429,7 @@ def _main(module, argv: list[str] | None) -> int:
     import sys
 
     import gin
-    from flan_jax import gin_flags
+    from flan_jax.cli import gin_flags
 
     argv = sys.argv[1:] if argv is None else argv
     parser = gin_flags.make_parser("flan-jax train")

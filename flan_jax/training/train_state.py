@@ -174,7 +174,7 @@ def step_flops(compiled) -> float | None:
     """FLOPs of one call of a compiled (per-device SPMD) computation, from XLA's cost analysis.
 
     Only a second opinion: on GPU it can count 5-50x fewer FLOPs than the model performs, and
-    it counts a scanned layer stack once. MFU uses the analytic count (flan_jax.flops).
+    it counts a scanned layer stack once. MFU uses the analytic count (flan_jax.model.flops).
     """
     try:
         cost = compiled.cost_analysis()
