@@ -1,4 +1,6 @@
-"""The `flan-jax` console script: a thin dispatcher to each subcommand's `main(argv)`."""
+"""The entry points: the `flan-jax` console script (a thin dispatcher to each subcommand's
+`main(argv)`, defined here) and one module per subcommand. This package holds the only
+modules that import gin; the layers below it take narrow frozen configs."""
 
 from __future__ import annotations
 
@@ -11,15 +13,15 @@ from collections.abc import Sequence
 
 # subcommand -> module exposing `main(argv: list[str]) -> int`
 COMMANDS = {
-    "train": "flan_jax.training.train",
-    "eval": "flan_jax.evaluation.evaluate",
-    "infer": "flan_jax.evaluation.infer",
+    "train": "flan_jax.cli.train",
+    "eval": "flan_jax.cli.evaluate",
+    "infer": "flan_jax.cli.infer",
     "generate": "flan_jax.cli.generate",
     "convert": "flan_jax.cli.convert",
     "tasks": "flan_jax.cli.data",
     "mixture": "flan_jax.cli.data",
     "demo": "flan_jax.cli.demo",
-    "report": "flan_jax.evaluation.report",
+    "report": "flan_jax.cli.report",
 }
 PASS_SUBCOMMAND = ("tasks", "mixture")  # flan_jax.cli.data parses these words itself
 # What bad input raises (flags, gin, specs, data files, names): reported in two lines, exit 2.
@@ -140,7 +142,3 @@ def short_message(error: BaseException) -> str:
             break
         kept.append(line.strip())
     return " ".join(kept[:2]) or type(error).__name__
-
-
-if __name__ == "__main__":
-    sys.exit(main())

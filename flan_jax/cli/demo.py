@@ -291,7 +291,7 @@ def _report(rows, run: train.RunConfig, data: DataConfig, demo: DemoConfig, *, w
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m flan_jax.cli.demo [--gin_file=experiments/flan_tiny_decoder.gin] [--gin.X=...]`."""
+    """`flan-jax demo [--gin_file=experiments/flan_tiny_decoder.gin] [--gin.X=...]`."""
     import gin
     from flan_jax.cli import gin_flags
 

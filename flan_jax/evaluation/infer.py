@@ -1,13 +1,12 @@
-"""`flan-jax infer`: predictions or scores, JSONL out, for a task or a JSONL file of
+"""JSONL inference: predictions or scores, JSONL out, for a task or a JSONL file of
 `{"inputs": ...}` lines.
 
-The batched core (scoring, rank classification, decoding, checkpoint restore) lives in
-flan_jax.evaluation.inference; its names are re-exported here for existing callers.
+`run_inference` (a gin configurable) is what the entry point flan_jax.cli.infer runs; the
+batched core (scoring, rank classification, decoding) is flan_jax.evaluation.inference.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import importlib
@@ -25,46 +24,13 @@ from jax.sharding import Mesh
 from flan_jax.data import vocab as vocab_lib
 from flan_jax.data.sources import read_jsonl
 from flan_jax.evaluation.inference import (
-    Batch,
-    Model,
     as_text,
-    checkpoint_step,
-    decode_tokens,
     generate,
-    jitted_predict,
-    jitted_score,
     load_examples,
-    model_batches,
-    place_params,
-    rank_classify,
     restore_params,
     score_rows,
 )
 from flan_jax.model.decoding import DecodeConfig
-
-__all__ = [
-    "MODES",
-    "Batch",
-    "InferConfig",
-    "Model",
-    "as_text",
-    "checkpoint_step",
-    "decode_tokens",
-    "encode_text",
-    "generate",
-    "infer_rows",
-    "jitted_predict",
-    "jitted_score",
-    "load_examples",
-    "main",
-    "model_batches",
-    "place_params",
-    "rank_classify",
-    "read_jsonl_inputs",
-    "restore_params",
-    "run_inference",
-    "score_rows",
-]
 
 MODES = ("predict", "score")
 
@@ -227,49 +193,3 @@ def _open_output(path: str) -> Iterator[TextIO]:
         tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "w") as f:
         yield f
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`flan-jax infer --gin_file=runs/infer.gin --gin.CHECKPOINT_PATH=...
-    [--gin.MIXTURE_OR_TASK_NAME=... | --input_file=F.jsonl] [--mode score] [--output_file=F]`.
-
-    MODEL, TASK_FEATURE_LENGTHS and the vocabulary come from the run CHECKPOINT_PATH belongs
-    to (its config.gin) unless the command line sets them.
-    """
-    import gin
-    from flan_jax.cli import gin_flags
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="flan-jax infer", add_help=False)
-    parser.add_argument("--mode", choices=MODES, default=None)
-    parser.add_argument("--input_file", default=None, help='JSONL of {"inputs": ...} lines')
-    parser.add_argument("--output_file", default=None, help="JSONL out ('-': stdout)")
-    ours, rest = parser.parse_known_args(argv)
-    gin.clear_config()
-    args = gin_flags.parse(rest, "flan-jax infer", run_dir_macros=("CHECKPOINT_PATH",))
-    gin_flags.require_macros(
-        ("MODEL", "TASK_FEATURE_LENGTHS"),
-        "flan-jax infer",
-        gin_flags.NO_RUN_CONFIG,
-    )
-    gin_flags.enable_compilation_cache(args)  # before anything compiles
-    gin_flags.initialize_distributed(args)
-    overrides = {k: v for k, v in vars(ours).items() if v is not None}
-    run_task = args.run_macros.get("MIXTURE_OR_TASK_NAME")
-    if run_task:  # its vocabulary tokenizes --input_file unless VOCABULARY is set
-        module = args.run_macros.get("MIXTURE_OR_TASK_MODULE") or "flan_jax.registry"
-        importlib.import_module(module)
-        overrides["vocabulary_task"] = run_task
-    # `python -m` runs this file as __main__: use the module gin registered
-    run = gin.get_configurable(importlib.import_module("flan_jax.evaluation.infer").run_inference)
-    try:
-        count = run(**overrides)
-    except ValueError as e:
-        print(f"flan-jax infer: {e}", file=sys.stderr)
-        return 2
-    print(f"flan-jax infer: wrote {count} lines", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """Batched scoring, rank classification and decoding of token rows; checkpoint restore.
 
-The layer under flan_jax.evaluation.evaluate, flan_jax.cli.generate and the `flan-jax infer` entry point
-(flan_jax.evaluation.infer): rows of token ids in, one jitted forward pass or decode per batch.
+The layer under flan_jax.evaluation.evaluate, flan_jax.evaluation.infer and
+flan_jax.cli.generate: rows of token ids in, one jitted forward pass or decode per batch.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`flan-jax report MODEL_DIR`: one self-contained HTML page telling a run's story.
+"""One self-contained HTML page telling a run's story (`flan-jax report MODEL_DIR`).
 
 Reads MODEL_DIR/metrics.jsonl and MODEL_DIR/eval/<step>/<task>.jsonl and writes
 MODEL_DIR/report.html (or --output) with the figures embedded as base64 PNGs:
@@ -10,13 +10,11 @@ files with a few examples (input, target, prediction). Every text from the run i
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
 import json
 import os
-import sys
 from collections.abc import Sequence
 
 TRAIN_FIGURES = (
@@ -242,43 +240,3 @@ def render(model_dir: str, examples: int = 3, link_dir: str | None = None) -> st
     ]
     parts.append("</body>\n</html>\n")
     return "".join(parts)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`flan-jax report MODEL_DIR [--output FILE] [--examples N]`; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="flan-jax report", description=__doc__.split("\n")[0])
-    parser.add_argument("model_dir", help="a run folder holding metrics.jsonl")
-    parser.add_argument("--output", default=None, help="default: MODEL_DIR/report.html")
-    parser.add_argument("--examples", type=int, default=3, help="examples shown per task")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    metrics = os.path.join(args.model_dir, "metrics.jsonl")
-    if not os.path.isfile(metrics):
-        print(
-            f"flan-jax report: {metrics!r} not found; give a run folder (MODEL_DIR) that a "
-            "training or `flan-jax eval` wrote",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        import matplotlib  # noqa: F401, PLC0415
-    except ImportError:
-        print(
-            "flan-jax report: matplotlib is not installed; pip install 'flan-jax[report]' "
-            "(or matplotlib)",
-            file=sys.stderr,
-        )
-        return 2
-    output = args.output or os.path.join(args.model_dir, "report.html")
-    try:
-        page = render(args.model_dir, args.examples, os.path.dirname(os.path.abspath(output)))
-    except ValueError as e:
-        print(f"flan-jax report: {e}", file=sys.stderr)
-        return 2
-    with open(output, "w", encoding="utf-8") as f:
-        f.write(page)
-    print(f"wrote {output}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """TransformerConfig and the layers both networks stack: EncoderLayer, DecoderLayer, run_layers.
 
-Built from flan_jax.model.layers; flan_jax.model.network assembles them into Encoder / Decoder stacks and
-the EncoderDecoder / DecoderOnly networks. `TransformerConfig` is the one frozen description
+Built from flan_jax.model.layers; flan_jax.model.network assembles them into Encoder /
+Decoder stacks and the EncoderDecoder / DecoderOnly networks. `TransformerConfig` is the one frozen description
 of a network.
 """
 

@@ -1,4 +1,4 @@
-"""The gin entry point (`flan-jax train`, `python -m flan_jax.cli.train`) and the train loop."""
+"""The train loop: `train()` (a gin configurable, run by flan_jax.cli.train) and `RunConfig`."""
 
 from __future__ import annotations
 
@@ -412,56 +412,3 @@ class _FingerprintLog:
             json.dumps({"step": step, "hash": input_pipeline.fingerprint(local)}) + "\n"
         )
         self._file.flush()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`flan-jax train --gin_file=runs/finetune.gin --gin.MODEL_DIR=...`; returns the exit code."""
-    # `python -m` runs this file as __main__: use the module the loop (and gin) use
-    module = importlib.import_module("flan_jax.training.train")
-    watcher, _ = module.PreemptionWatcher.install()  # first: a SIGTERM from here on is handled
-    try:
-        return _main(module, argv)
-    finally:
-        watcher.close()
-
-
-def _main(module, argv: list[str] | None) -> int:
-    import sys
-
-    import gin
-    from flan_jax.cli import gin_flags
-
-    argv = sys.argv[1:] if argv is None else argv
-    parser = gin_flags.make_parser("flan-jax train")
-    parser.add_argument(
-        "--precompile",
-        action="store_true",
-        help="compile the train step (AOT, real shardings), print memory per device and "
-        "FLOPs per step, and exit without reading data or training",
-    )
-    args = gin_flags.parse(argv, "flan-jax train", parser)
-    gin_flags.enable_compilation_cache(args)  # before anything compiles
-    gin_flags.initialize_distributed(args)
-    model_dir = gin.query_parameter("%MODEL_DIR")
-    try:
-        with run_lock.held(model_dir):  # before config.gin: a refused trainer writes nothing
-            gin_flags.write_config(model_dir, gin.config_str())
-            try:
-                gin.get_configurable(module.train)(precompile=args.precompile)
-            except OSError:
-                raise  # disk full or read-only: the config cannot be written either
-            except BaseException:
-                gin_flags.write_config(model_dir, gin.operative_config_str())
-                raise
-            gin_flags.write_config(model_dir, gin.operative_config_str())
-    except (run_lock.LockHeldError, checkpoints.CheckpointError) as e:
-        print(f"flan-jax train: {e}", file=sys.stderr)
-        return 2
-    except (FloatingPointError, checkpoints.StorageError) as e:
-        print(f"flan-jax train: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
