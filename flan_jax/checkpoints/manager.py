@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -19,8 +20,8 @@ from etils import epath
 
 from flan_jax.checkpoints import files
 from flan_jax.checkpoints.files import StorageError
+from flan_jax.types import PyTree
 
-PyTree = Any
 DATA_STATES = ("position", "tf_iterator")
 __all__ = ["CheckpointConfig", "CheckpointError", "Checkpointer", "StorageError"]
 
@@ -362,11 +363,18 @@ def _orbax_item_dir(path: str) -> str | None:
     return None
 
 
-def load_initial_params(path: str, abstract_params: PyTree) -> PyTree:
+def load_initial_params(
+    path: str, abstract_params: PyTree, read_other: Callable[[str], PyTree] | None = None
+) -> PyTree:
     """Parameters only, placed on `abstract_params`' shardings.
 
-    `path` is a flan_jax model dir / checkpoint dir / step dir (orbax; optimizer state is
-    ignored), or anything `flan_jax.convert.load_params` reads (HF or T5X checkpoints).
+    Args:
+      path: a flan_jax model dir / checkpoint dir / step dir (orbax; optimizer state is
+        ignored), or a checkpoint `read_other` reads.
+      abstract_params: ShapeDtypeStructs with shardings, the model's parameter tree.
+      read_other: reads any other checkpoint into numpy parameters (the callers pass
+        `flan_jax.convert.load_params`: converted, Hugging Face or T5X checkpoints); its
+        result is shape-checked against `abstract_params`.
     """
     item = _orbax_item_dir(absolute_path(path))
     if item is not None:
@@ -379,32 +387,53 @@ def load_initial_params(path: str, abstract_params: PyTree) -> PyTree:
             partial_restore=True,
         )
         return ocp.PyTreeCheckpointer().restore(item, args=args)["params"]
-    from flan_jax import convert  # optional: conversion pulls in extra dependencies
-
-    loaded = convert.load_params(path)
-    _check_same_shapes(loaded, abstract_params, path)
+    if read_other is None:
+        raise FileNotFoundError(f"{path!r} holds no flan_jax checkpoint (orbax `default/` item)")
+    loaded = read_other(path)
+    check_param_shapes(loaded, abstract_params, f"INITIAL_CHECKPOINT_PATH {path}")
     return jax.tree.map(
         lambda x, a: jax.device_put(np.asarray(x, a.dtype), a.sharding), loaded, abstract_params
     )
 
 
-def _check_same_shapes(loaded: PyTree, abstract: PyTree, path: str) -> None:
+def check_param_shapes(params: PyTree, expected: PyTree, source: str) -> None:
+    """The one parameter shape check: raises ValueError naming missing, unexpected and
+    mis-shaped parameters of `params` against `expected` (arrays or ShapeDtypeStructs)."""
     want = {
-        jax.tree_util.keystr(p): a.shape
-        for p, a in jax.tree_util.tree_flatten_with_path(abstract)[0]
+        jax.tree_util.keystr(p): tuple(np.shape(a))
+        for p, a in jax.tree_util.tree_flatten_with_path(expected)[0]
     }
     got = {
-        jax.tree_util.keystr(p): np.shape(x)
-        for p, x in jax.tree_util.tree_flatten_with_path(loaded)[0]
+        jax.tree_util.keystr(p): tuple(np.shape(x))
+        for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
     }
-    if want != got:
-        missing = sorted(set(want) - set(got))[:5]
-        extra = sorted(set(got) - set(want))[:5]
-        wrong = [(k, got[k], want[k]) for k in sorted(set(want) & set(got)) if got[k] != want[k]][
-            :5
-        ]
-        raise ValueError(
-            f"INITIAL_CHECKPOINT_PATH {path}: parameters do not match the model: "
-            f"missing {missing}, "
-            f"unexpected {extra}, shape (got, want) {wrong}; check the model gin config"
-        )
+    if want == got:
+        return
+    missing = sorted(set(want) - set(got))[:5]
+    extra = sorted(set(got) - set(want))[:5]
+    common = sorted(set(want) & set(got))
+    wrong = [(k, got[k], want[k]) for k in common if got[k] != want[k]][:5]
+    raise ValueError(
+        f"{source}: parameters do not match the model config: missing {missing}, "
+        f"unexpected {extra}, shape (got, want) {wrong}; check the config matches the checkpoint"
+    )
+
+
+def checkpoint_step(path: str) -> int:
+    """The training step of a checkpoint path, for naming eval outputs.
+
+    `.../checkpoints/N` or T5X's `checkpoint_N` give N; a flan_jax MODEL_DIR (or its
+    `checkpoints/` dir) gives its latest step; converted / HF checkpoints give 0.
+    """
+    path = os.path.expanduser(path).rstrip("/")
+    if os.path.basename(path) == "default":  # the orbax item dir inside a step dir
+        path = os.path.dirname(path)
+    m = re.fullmatch(r"(?:checkpoint_)?(\d+)", os.path.basename(path))
+    if m:
+        return int(m.group(1))
+    for root in (epath.Path(path) / files.CHECKPOINTS, epath.Path(path)):
+        if root.is_dir():
+            steps = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
+            if steps:
+                return max(steps)
+    return 0

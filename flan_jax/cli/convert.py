@@ -7,6 +7,7 @@ import os
 import sys
 
 from flan_jax import convert
+from flan_jax.checkpoints.manager import check_param_shapes
 
 
 def _hf_to_flan(src: str, dst: str) -> str:
@@ -60,7 +61,7 @@ def _t5x_to_flan(src: str, dst: str) -> str:
     params = t5x.load_t5x_params(src)
     cfg = t5x.config_from_t5x_params(params)
     expected = convert.expected_param_shapes("encoder_decoder", cfg)
-    convert.check_param_shapes(params, expected, src)
+    check_param_shapes(params, expected, src)
     convert.save_converted(dst, params, "encoder_decoder", cfg, {"source": src})
     return "T5X -> encoder_decoder"
 

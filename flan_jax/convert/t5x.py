@@ -16,8 +16,7 @@ import tensorstore as ts
 from flax import serialization
 
 from flan_jax.model import network
-
-Params = dict[str, Any]
+from flan_jax.types import Params
 
 
 def checkpoint_layout(path: str) -> str:

@@ -19,11 +19,12 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
+from flan_jax.types import Example
+
 DATA_DIR_ENV = "FLAN_JAX_DATA_DIR"
 SOURCE_TYPES = ("jsonl", "tsv", "csv", "tfds", "function")
 FILE_TYPES = ("jsonl", "tsv", "csv")
 DEFAULT_FUNCTION_SPLITS = ("train", "validation", "test")
-Example = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from flan_jax.data.sources import read_jsonl
 from flan_jax.metrics import accuracy, bbh_answer, choice_letter, gsm8k_answer
+from flan_jax.types import Example
 
 LETTERS = ("A", "B", "C", "D")
 MMLU_HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
@@ -55,8 +56,6 @@ BBH_TASKS: tuple[str, ...] = tuple(
     "tracking_shuffled_objects_seven_objects tracking_shuffled_objects_three_objects web_of_lies "
     "word_sorting".split()
 )
-
-Example = dict[str, str]
 
 
 def data_dir(override: str | None = None) -> str:

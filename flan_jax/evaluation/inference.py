@@ -1,4 +1,4 @@
-"""Batched scoring, rank classification and decoding of token rows; checkpoint restore.
+"""Batched scoring, rank classification and decoding of token rows; a model's parameters.
 
 The layer under flan_jax.evaluation.evaluate, flan_jax.evaluation.infer and
 flan_jax.cli.generate: rows of token ids in, one jitted forward pass or decode per batch.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -19,12 +18,11 @@ import tensorflow as tf
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
-from flan_jax import partitioning
+from flan_jax import convert, partitioning
 from flan_jax.checkpoints import manager as checkpoints
 from flan_jax.model.decoding import DecodeConfig
 from flan_jax.partitioning import logical_to_mesh_spec
-
-Batch = dict[str, np.ndarray]
+from flan_jax.types import HostBatch
 
 
 class Model(Protocol):
@@ -32,10 +30,10 @@ class Model(Protocol):
 
     feature_converter_cls: type[seqio.FeatureConverter]
 
-    def score_batch(self, params: Any, batch: Batch) -> jax.Array: ...
+    def score_batch(self, params: Any, batch: HostBatch) -> jax.Array: ...
 
     def predict_batch(
-        self, params: Any, batch: Batch, rng=None, *, decode: DecodeConfig
+        self, params: Any, batch: HostBatch, rng=None, *, decode: DecodeConfig
     ) -> jax.Array: ...
 
 
@@ -97,7 +95,7 @@ def as_text(value: Any) -> str:
 
 def model_batches(
     model: Model, rows: Sequence[dict], feature_lengths: dict[str, int], batch_size: int
-) -> Iterator[tuple[Batch, int]]:
+) -> Iterator[tuple[HostBatch, int]]:
     """Converts {inputs, targets} token rows with the model's feature converter (no packing).
 
     Yields:
@@ -138,7 +136,7 @@ def _check_batch_size(batch_size: int, mesh: Mesh | None) -> None:
         )
 
 
-def _place(batch: Batch, mesh: Mesh | None) -> Batch:
+def _place(batch: HostBatch, mesh: Mesh | None) -> HostBatch:
     if mesh is None:
         return batch
     sharding = NamedSharding(mesh, logical_to_mesh_spec(("activation_batch",)))
@@ -288,29 +286,7 @@ def generate(
     return texts
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_step(path: str) -> int:
-    """The training step of a checkpoint path, for naming eval outputs.
-
-    `.../checkpoints/N` or T5X's `checkpoint_N` give N; a flan_jax MODEL_DIR (or its
-    `checkpoints/` dir) gives its latest step; converted / HF checkpoints give 0.
-    """
-    path = os.path.expanduser(path).rstrip("/")
-    if os.path.basename(path) == "default":  # the orbax item dir inside a step dir
-        path = os.path.dirname(path)
-    m = re.fullmatch(r"(?:checkpoint_)?(\d+)", os.path.basename(path))
-    if m:
-        return int(m.group(1))
-    for root in (os.path.join(path, "checkpoints"), path):
-        if tf.io.gfile.isdir(root):
-            steps = [
-                int(n.rstrip("/")) for n in tf.io.gfile.listdir(root) if n.rstrip("/").isdigit()
-            ]
-            if steps:
-                return max(steps)
-    return 0
+# ----------------------------------------------------------------------------- parameters
 
 
 def restore_params(model: Any, path: str, mesh: Mesh | None = None) -> tuple[Any, int]:
@@ -339,5 +315,7 @@ def restore_params(model: Any, path: str, mesh: Mesh | None = None) -> tuple[Any
         model.param_shapes(shapes),
         shardings,
     )
-    params = checkpoints.load_initial_params(os.path.expanduser(path), abstract)
-    return nn.unbox(params), checkpoint_step(path)
+    params = checkpoints.load_initial_params(
+        os.path.expanduser(path), abstract, read_other=convert.load_params
+    )
+    return nn.unbox(params), checkpoints.checkpoint_step(path)

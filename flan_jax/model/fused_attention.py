@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-Array = jax.Array
+from flan_jax.types import Array
 
 try:  # cuDNN's packed (segment offsets) layout; a private module that moved between versions
     from jax._src.cudnn.fused_attention_stablehlo import MaskType as _CudnnMask

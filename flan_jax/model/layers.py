@@ -17,8 +17,8 @@ from flax import struct
 from jax import lax
 
 from flan_jax.model import fused_attention
+from flan_jax.types import Array
 
-Array = jax.Array
 DType = jnp.dtype | type
 Initializer = Callable[..., Array]
 Axes = tuple[str | None, ...]

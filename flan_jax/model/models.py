@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -17,13 +17,11 @@ from flax import linen as nn
 
 from flan_jax.model import decoding, network
 from flan_jax.model.decoding import DecodeConfig
+from flan_jax.types import Array, Batch, PyTree
 
 if TYPE_CHECKING:  # seqio (and TensorFlow) only where data is converted: see _seqio()
     import seqio
 
-Array = jax.Array
-Batch = Mapping[str, Array]
-PyTree = Any
 NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
 
 

@@ -1,8 +1,8 @@
 """TransformerConfig and the layers both networks stack: EncoderLayer, DecoderLayer, run_layers.
 
 Built from flan_jax.model.layers; flan_jax.model.network assembles them into Encoder /
-Decoder stacks and the EncoderDecoder / DecoderOnly networks. `TransformerConfig` is the one frozen description
-of a network.
+Decoder stacks and the EncoderDecoder / DecoderOnly networks. `TransformerConfig` is the one
+frozen description of a network.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from flan_jax.model import layers
+from flan_jax.types import Array
 
-Array = jax.Array
 EMBED_AXES = ("activation_batch", "activation_length", "activation_embed")
 LOGITS_AXES = ("activation_batch", "activation_length", "activation_vocab")
 POSITION_EMBEDDINGS = ("relative", "rope", "learned")

@@ -15,8 +15,7 @@ from jax.sharding import Mesh
 
 from flan_jax import partitioning
 from flan_jax.data import packing
-
-NumpyBatch = dict[str, np.ndarray]
+from flan_jax.types import HostBatch
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -148,9 +147,7 @@ def get_train_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def make_global_batch(
-    local: NumpyBatch, mesh: Mesh, global_batch_size: int
-) -> dict[str, jax.Array]:
+def make_global_batch(local: HostBatch, mesh: Mesh, global_batch_size: int) -> dict[str, jax.Array]:
     """Assembles each host's [local_batch, ...] arrays into global [batch, ...] jax.Arrays."""
     sharding = partitioning.batch_sharding(mesh)
     return {
@@ -159,7 +156,7 @@ def make_global_batch(
     }
 
 
-def fingerprint(local: NumpyBatch) -> str:
+def fingerprint(local: HostBatch) -> str:
     """Short hash of this host's batch (identifies the examples a step trained on)."""
     h = hashlib.sha1()
     for k in sorted(local):
@@ -242,10 +239,10 @@ class TrainIterator:
             self._iterator = iter(ds)
         return self._iterator
 
-    def __iter__(self) -> Iterator[tuple[dict[str, jax.Array], NumpyBatch]]:
+    def __iter__(self) -> Iterator[tuple[dict[str, jax.Array], HostBatch]]:
         return self
 
-    def __next__(self) -> tuple[dict[str, jax.Array], NumpyBatch]:
+    def __next__(self) -> tuple[dict[str, jax.Array], HostBatch]:
         local = jax.tree.map(np.asarray, next(self.tf_iterator))
         self.batches_consumed += 1
         return make_global_batch(local, self.mesh, self.global_batch_size), local
@@ -302,7 +299,7 @@ def eval_task_names(config: DataConfig) -> list[str]:
     return sorted(t.name for t in tasks if config.eval_split in t.splits)
 
 
-def _pad_rows(batch: NumpyBatch, rows: int) -> NumpyBatch:
+def _pad_rows(batch: HostBatch, rows: int) -> HostBatch:
     """Zero rows at the end: zero loss weights, so they add nothing to summed metrics."""
     return {
         k: np.concatenate([v, np.zeros((rows - len(v),) + v.shape[1:], v.dtype)])
@@ -312,7 +309,7 @@ def _pad_rows(batch: NumpyBatch, rows: int) -> NumpyBatch:
 
 def load_eval_batches(
     config: DataConfig, converter: seqio.FeatureConverter, task_name: str
-) -> list[NumpyBatch]:
+) -> list[HostBatch]:
     """This host's share of a task's eval split as padded local batches (same count per host)."""
     ds = seqio.get_dataset(
         task_name,

@@ -17,7 +17,7 @@ import tensorflow as tf
 from flax import linen as nn
 from jax.sharding import Mesh
 
-from flan_jax import partitioning
+from flan_jax import convert, partitioning
 from flan_jax.checkpoints import manager as checkpoints
 from flan_jax.checkpoints import run_lock
 from flan_jax.checkpoints.manager import CheckpointConfig
@@ -154,7 +154,9 @@ def _restore_or_init(model, tx, ckpt, shapes, abstract, shardings, run: RunConfi
         return restored
     if run.initial_checkpoint_path:
         log.info(f"initialising params from {run.initial_checkpoint_path}")
-        params = checkpoints.load_initial_params(run.initial_checkpoint_path, abstract["params"])
+        params = checkpoints.load_initial_params(
+            run.initial_checkpoint_path, abstract["params"], read_other=convert.load_params
+        )
     else:
         params = train_state.init_params(
             model, shapes, jax.random.PRNGKey(run.seed), shardings["params"]

@@ -14,9 +14,8 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding
 
 from flan_jax import partitioning
+from flan_jax.types import Batch, PyTree
 
-PyTree = Any
-Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 # TrainState is a plain dict (orbax saves and restores it as-is):
 #   {"step": int32 scalar, "params": tree, "opt_state": tree}
