@@ -71,7 +71,7 @@ def register_all() -> tuple[list[str], list[str]]:
     from flan_jax.evaluation import (
         benchmarks,
         benchmarks_mgsm,
-        benchmarks_mmlu_cot,  # noqa: PLC0415
+        benchmarks_mmlu_cot,
     )
 
     task_names += benchmarks.register()

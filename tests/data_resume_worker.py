@@ -55,8 +55,8 @@ class _SandboxFs:
 
 def main(scenario: str, argv: list[str]) -> int:
     import flan_jax.registry  # noqa: F401  (registers the shipped tasks and mixtures)
+    from flan_jax.cli import train
     from flan_jax.data import mixtures
-    from flan_jax.training import train
 
     if os.environ.get("FLAN_JAX_TEST_HANG_AFTER"):
         _hang_after_checkpoint(int(os.environ["FLAN_JAX_TEST_HANG_AFTER"]))

@@ -29,7 +29,7 @@ from flan_jax.checkpoints import files as checkpoint_files
 from flan_jax.checkpoints import manager as checkpoints
 from flan_jax.checkpoints import run_lock
 from flan_jax.cli import gin_flags
-from flan_jax.training import train
+from flan_jax.cli import train as train_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -288,7 +288,7 @@ def _main(model_dir, *bindings):
         "--gin.partitioning.make_mesh.shape=(-1, 1, 1)", *bindings,
     ]  # fmt: skip
     try:
-        return train.main(argv)
+        return train_cli.main(argv)
     finally:
         gin.clear_config()
 

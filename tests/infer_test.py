@@ -11,7 +11,8 @@ import tensorflow as tf
 from flax import linen as nn
 
 from flan_jax.checkpoints import manager as checkpoints
-from flan_jax.evaluation import infer
+from flan_jax.cli import infer as infer_cli
+from flan_jax.evaluation import infer, inference
 from flan_jax.model import models, network
 from flan_jax.model.decoding import DecodeConfig
 
@@ -72,7 +73,7 @@ def _batch(text_in, text_out=""):
 
 
 def _main(root, *extra):
-    return infer.main([
+    return infer_cli.main([
         f"--gin_file={root / 'model.gin'}", "--gin_file=runs/infer.gin",
         f"--gin.CHECKPOINT_PATH='{root / 'run'}'", "--gin.MIXTURE_OR_TASK_MODULE=None",
         f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=8", "--gin.VOCABULARY='byte'",
@@ -88,7 +89,7 @@ def test_predict_mode_writes_greedy_decodes(run, tmp_path):
     lines = [json.loads(x) for x in open(out)]
     decode = DecodeConfig(max_decode_len=6)
     want = [
-        infer.decode_tokens(
+        inference.decode_tokens(
             np.asarray(model.predict_batch(params, _batch(r["inputs"]), decode=decode)[0]), VOCAB
         )
         for r in ROWS
@@ -120,9 +121,9 @@ def test_bad_jsonl_line_is_named(tmp_path):
 
 def test_checkpoint_step_of_each_path_kind(run, tmp_path):
     root, _, _ = run
-    assert infer.checkpoint_step(str(root / "run")) == 4
-    assert infer.checkpoint_step(str(root / "run" / "checkpoints" / "4")) == 4
-    assert infer.checkpoint_step(str(root / "run" / "checkpoints" / "4" / "default")) == 4
-    assert infer.checkpoint_step("/t5x/checkpoint_1000000") == 1000000
+    assert checkpoints.checkpoint_step(str(root / "run")) == 4
+    assert checkpoints.checkpoint_step(str(root / "run" / "checkpoints" / "4")) == 4
+    assert checkpoints.checkpoint_step(str(root / "run" / "checkpoints" / "4" / "default")) == 4
+    assert checkpoints.checkpoint_step("/t5x/checkpoint_1000000") == 1000000
     tf.io.gfile.makedirs(str(tmp_path / "converted" / "default"))
-    assert infer.checkpoint_step(str(tmp_path / "converted")) == 0
+    assert checkpoints.checkpoint_step(str(tmp_path / "converted")) == 0

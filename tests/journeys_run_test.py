@@ -44,11 +44,11 @@ def _records(model_dir: str) -> list[dict]:
 def _restore(model_dir: str):
     """(model, params, vocabulary, lengths) of the run, in this process (as generate reads it)."""
     from flan_jax.cli import generate
-    from flan_jax.evaluation import infer
+    from flan_jax.evaluation import inference
 
     run = generate.load_run_model(str(REPO / model_dir))
     vocab = generate.run_vocabulary(run, None)
-    params, step = infer.restore_params(run.model, str(REPO / model_dir))
+    params, step = inference.restore_params(run.model, str(REPO / model_dir))
     assert step == STEPS
     return run.model, params, vocab, run.feature_lengths
 

@@ -1,4 +1,4 @@
-"""Tests of flan_jax.model.layers: exact values of norms, buckets, RoPE, attention variants and MLPs."""
+"""Tests of flan_jax.model.layers: exact norms, buckets, RoPE, attention variants and MLPs."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Tests of flan_jax.model.network: size configs, scan/remat/attention options, dtypes, bad configs."""
+"""Tests of flan_jax.model.network: sizes, scan/remat/attention options, dtypes, bad configs."""
 
 import dataclasses
 import os

@@ -14,6 +14,7 @@ from train_test import REPO, TASK, register_test_task
 
 import gin
 from flan_jax.cli import gin_flags
+from flan_jax.cli import train as train_cli
 from flan_jax.data import packing
 from flan_jax.training import input_pipeline, train
 
@@ -92,7 +93,7 @@ def test_precompile_prints_memory_per_device_without_training(tmp_path, capsys, 
         f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
     ]
     try:
-        assert train.main(argv) == 0
+        assert train_cli.main(argv) == 0
     finally:
         gin.clear_config()
     out = capsys.readouterr().out

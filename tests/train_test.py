@@ -90,7 +90,7 @@ def run_trainer(
         "n and train_test.install_nan_injection(int(n)); "
         "k = os.environ.get('FLAN_JAX_TEST_KILL_AT'); "
         "k and __import__('faults_worker').install_kill(k); "
-        "from flan_jax import train; sys.exit(train.main(sys.argv[1:]))"
+        "from flan_jax.cli import train; sys.exit(train.main(sys.argv[1:]))"
     )
     argv = [
         sys.executable, "-c", code,

@@ -65,7 +65,7 @@ def quiet_tensorflow() -> None:
     if not isinstance(sys.stderr, _FilteredStderr):
         sys.stderr = _FilteredStderr(sys.stderr)
     try:
-        from absl import logging as absl_logging  # noqa: PLC0415
+        from absl import logging as absl_logging
 
         absl_logging.set_verbosity(absl_logging.ERROR)
     except ImportError:
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        import difflib  # noqa: PLC0415
+        import difflib
 
         close = difflib.get_close_matches(command, list(COMMANDS), n=3)
         print(

@@ -99,7 +99,7 @@ def _check_known(name: str, kind: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point for `flan-jax tasks ...` and `flan-jax mixture ...`; returns an exit code."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    import flan_jax.registry as registry  # noqa: PLC0415  (registration on demand)
+    import flan_jax.registry as registry  # registration on demand
 
     try:
         for root in args.specs:
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"== {args.name}: {len(rows)} tasks, feature lengths {args.feature_lengths}")
             print(stats.format_table(rows))
             if args.decontaminate:
-                from flan_jax.data import decontaminate  # noqa: PLC0415
+                from flan_jax.data import decontaminate
 
                 print(decontaminate.format_report(decontaminate.check_mixture(args.name)))
     except (ValueError, FileNotFoundError) as e:

@@ -168,7 +168,7 @@ def format_rows(rows: list[dict]) -> str:
         for r in rows
     ]
     widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
-    fmt = lambda cells: "  ".join(  # noqa: E731
+    fmt = lambda cells: "  ".join(
         c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
     )
     lines, group = [fmt(header)], None

@@ -22,7 +22,7 @@ import seqio
 
 from flan_jax.cli import gin_flags
 from flan_jax.data import vocab as vocab_lib
-from flan_jax.evaluation import infer
+from flan_jax.evaluation import infer, inference
 from flan_jax.model import decoding
 from flan_jax.model.decoding import DecodeConfig
 
@@ -65,11 +65,11 @@ class TokenStream:
         if self.calls == 1:
             return
         self.ids.append(int(np.asarray(tokens).reshape(-1)[0]))
-        self._write(infer.decode_tokens(np.asarray(self.ids), self.vocab))
+        self._write(inference.decode_tokens(np.asarray(self.ids), self.vocab))
 
     def finish(self, tokens: np.ndarray) -> str:
         """Writes the rest of the final decode [max_decode_len] and a newline; returns the text."""
-        text = infer.decode_tokens(tokens, self.vocab)
+        text = inference.decode_tokens(tokens, self.vocab)
         self._write(text)
         self.out.write("\n")
         self.out.flush()
@@ -112,7 +112,7 @@ def prompt_batch(
 ) -> dict[str, np.ndarray]:
     """The model's [1, length] batch for one prompt (trimmed, EOS, padded like seqio)."""
     row = {"inputs": infer.encode_text(prompt, vocab, feature_lengths["inputs"]), "targets": []}
-    batch, _ = next(infer.model_batches(model, [row], feature_lengths, 1))
+    batch, _ = next(inference.model_batches(model, [row], feature_lengths, 1))
     return batch
 
 
@@ -132,7 +132,7 @@ def generate_text(
     batch = prompt_batch(model, prompt, vocab, feature_lengths)
     stream = TokenStream(vocab, out)
     if decode.method == "beam":  # beams reorder as they go: nothing final until the end
-        tokens = infer.jitted_predict(model, decode)(params, batch, rng)
+        tokens = inference.jitted_predict(model, decode)(params, batch, rng)
         return stream.finish(np.asarray(tokens[0]))
     _STREAMS.append(stream)
     try:
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         vocab = run_vocabulary(run, args.vocabulary)
         if not os.path.isdir(os.path.join(args.model_dir, "checkpoints")):
             raise FileNotFoundError(f"{args.model_dir}/checkpoints does not exist; train first")
-        params, step = infer.restore_params(run.model, args.model_dir)
+        params, step = inference.restore_params(run.model, args.model_dir)
     except (ValueError, FileNotFoundError) as e:
         print(f"flan-jax generate: {e}", file=sys.stderr)
         return 2

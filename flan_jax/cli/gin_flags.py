@@ -34,10 +34,16 @@ def _system_path_file_exists(path: str) -> bool:
         return False
 
 
-gin_config._FILE_READERS[:] = [
-    (reader, _system_path_file_exists if reader is resource_reader.system_path_reader else check)
-    for reader, check in gin_config._FILE_READERS
-]
+def _use_safe_system_path_check() -> None:
+    """Swaps gin's sys.path existence check for `_system_path_file_exists` (idempotent).
+
+    gin has no public way to replace the check of a registered reader, so this edits its
+    reader table; `parse` calls it, nothing does at import time.
+    """
+    gin_config._FILE_READERS[:] = [
+        (reader, _system_path_file_exists if reader is resource_reader.system_path_reader else c)
+        for reader, c in gin_config._FILE_READERS
+    ]
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "flan_jax", "jax")
 _REQUIRED = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*%gin\.REQUIRED\s*(#.*)?$", re.M)
 
@@ -155,6 +161,7 @@ def parse(
     leaves them unset (`_inherit_run_config`); `args.run_config` is its path (or None) and
     `args.run_macros` the run's RUN_MACROS.
     """
+    _use_safe_system_path_check()
     gin.clear_config()  # an in-process second run (tests, notebooks) starts from nothing
     rest, macro_flags = split_gin_flags(argv)
     args = (parser or make_parser(prog)).parse_args(rest)

@@ -315,7 +315,7 @@ def _iter_delimited(spec: SourceSpec, path: pathlib.Path) -> Iterator[Example]:
 
 
 def _iter_tfds(spec: SourceSpec, split: str) -> Iterator[Example]:
-    import seqio  # noqa: PLC0415  (TensorFlow only when a TFDS source is read)
+    import seqio  # TensorFlow only when a TFDS source is read
 
     source = seqio.TfdsDataSource(
         tfds_name=spec.name, tfds_data_dir=spec.data_dir, splits=dict(spec.splits)

@@ -103,7 +103,7 @@ def task_name(lang: str, variant: str = "8shot_cot") -> str:
 def register(vocabulary: seqio.Vocabulary | None = None, root: str | None = None) -> list[str]:
     """Registers the MGSM tasks and mixtures (see the module docstring); returns the names."""
     if vocabulary is None:
-        from flan_jax.data.vocab import get_vocabulary  # noqa: PLC0415
+        from flan_jax.data.vocab import get_vocabulary
 
         vocabulary = get_vocabulary("t5")
     names = []

@@ -127,7 +127,7 @@ def register(
     $FLAN_JAX_MMLU_COT_EXEMPLARS at that time), so registering never needs it.
     """
     if vocabulary is None:
-        from flan_jax.data.vocab import get_vocabulary  # noqa: PLC0415
+        from flan_jax.data.vocab import get_vocabulary
 
         vocabulary = get_vocabulary("t5")
     names = []

@@ -392,7 +392,7 @@ def evaluate_checkpoint(
         importlib.import_module(mixture_or_task_module)
     params, step = restore_params(model, checkpoint_path, mesh)
     if suite is not None:
-        from flan_jax.evaluation import suites  # noqa: PLC0415
+        from flan_jax.evaluation import suites
 
         scores = suites.run_suite(
             model, params, step, suite, model_dir=model_dir, feature_lengths=feature_lengths,

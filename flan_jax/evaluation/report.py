@@ -60,10 +60,10 @@ def read_metrics(model_dir: str) -> list[dict]:
 
 def _png(series: dict[str, list[tuple[int, float]]], title: str, dashed: set[str]) -> str:
     """A line plot (one line per series) as a base64 PNG."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib import pyplot as plt  # noqa: PLC0415
+    from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=80)
     for label, points in sorted(series.items()):

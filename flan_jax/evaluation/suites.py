@@ -186,12 +186,12 @@ def run_suite(
 ) -> dict[str, dict[str, float]]:
     """Evaluates every task of the suite on its test split, writes the per-task outputs
     (`evaluate.write_results`) and a `suite` record to metrics.jsonl, prints the table."""
-    import jax  # noqa: PLC0415
+    import jax
 
-    from flan_jax.evaluation import evaluate  # noqa: PLC0415
+    from flan_jax.evaluation import evaluate
 
     if options.vocabulary:  # e.g. "byte" for the byte-level flan_tiny models
-        from flan_jax.data.vocab import get_vocabulary  # noqa: PLC0415
+        from flan_jax.data.vocab import get_vocabulary
 
         vocab = get_vocabulary(options.vocabulary)
         for module in (benchmarks, benchmarks_mgsm, benchmarks_mmlu_cot):

@@ -82,7 +82,7 @@ def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
 
         names = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
         close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
-        from flan_jax.data import tasks  # noqa: PLC0415
+        from flan_jax.data import tasks
 
         raise ValueError(
             f"MIXTURE_OR_TASK_NAME {name!r} is not registered (closest: {close}); "

@@ -193,7 +193,7 @@ def _validate(mesh: Mesh, data: DataConfig, step: StepConfig) -> None:
 def _check_data(model, data: DataConfig, sample: int) -> None:
     """Before compiling: the vocabulary fits the embedding; warns when the feature lengths
     cut more than 2% of `sample` examples (with a suggested length)."""
-    from flan_jax.data import stats  # noqa: PLC0415
+    from flan_jax.data import stats
 
     name = data.mixture_or_task_name
     input_pipeline.get_mixture_or_task(name)  # an unknown name fails here, with its fix

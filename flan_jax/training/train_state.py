@@ -50,7 +50,7 @@ def state_shardings(model, tx, input_shapes, mesh: Mesh, rng=None) -> tuple[PyTr
     rng = jax.random.PRNGKey(0) if rng is None else rng
     boxed = jax.eval_shape(lambda r: model.get_initial_variables(r, input_shapes), rng)["params"]
     param_sh = partitioning.params_shardings(boxed, mesh)
-    # [multihost fix, issue 7] unbox without a sharding constraint: under jax.set_mesh (as in
+    # Unbox without a sharding constraint: under jax.set_mesh (as in
     # train.train) nn.unbox constrains the abstract leaves eagerly and raises TypeError.
     params_shape = jax.tree.map(
         lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.meta.AxisMetadata) else x,
