@@ -35,16 +35,9 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"{{name}} is blocked in this test")
 
 sys.meta_path.insert(0, Block())
-from flan_jax.model import decoding
-from flan_jax.model import flops
-from flan_jax.model import layers
-from flan_jax.training import metrics_log
-from flan_jax.model import models
-from flan_jax.model import network
-from flan_jax.training import optimizer
-from flan_jax import partitioning
-from flan_jax.training import train_state
-from flan_jax.model import transformer
+from flan_jax import partitioning, types
+from flan_jax.model import decoding, flops, fused_attention, layers, models, network, transformer
+from flan_jax.training import metrics_log, optimizer, train_state
 from tf_free_step import one_step
 
 print(json.dumps(one_step("t5_1_1/tiny")))
