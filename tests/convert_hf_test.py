@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from flan_jax import convert
-from flan_jax.convert import cli, hf
+from flan_jax.cli import convert as cli
+from flan_jax.convert import hf
 from flan_jax.model.decoding import DecodeConfig
 
 torch = pytest.importorskip("torch", reason="needs the `hf` extra (torch)")
