@@ -44,6 +44,8 @@ def _use_safe_system_path_check() -> None:
         (reader, _system_path_file_exists if reader is resource_reader.system_path_reader else c)
         for reader, c in gin_config._FILE_READERS
     ]
+
+
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "flan_jax", "jax")
 _REQUIRED = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*%gin\.REQUIRED\s*(#.*)?$", re.M)
 
