@@ -24,12 +24,12 @@ from bench import common
 
 
 def _pipeline(args):
-    import jax  # noqa: PLC0415
-    import numpy as np  # noqa: PLC0415
-    import seqio  # noqa: PLC0415
+    import jax
+    import numpy as np
+    import seqio
 
-    import flan_jax.registry  # noqa: F401, PLC0415
-    from flan_jax import input_pipeline  # noqa: PLC0415
+    import flan_jax.registry  # noqa: F401 PLC0415
+    from flan_jax.training import input_pipeline
 
     lengths = dict(zip(("inputs", "targets"), map(int, args.lengths.split("/")), strict=True))
     config = input_pipeline.DataConfig(
@@ -50,7 +50,7 @@ def _dir_bytes(path: pathlib.Path) -> int:
 
 def _restore_data(kind: str, step_dir: pathlib.Path, iterator) -> None:
     """What `Checkpointer.restore` does with the data state of process 0."""
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     if kind == "position":
         iterator.set_state(json.loads((step_dir / "process_0.json").read_text()))
@@ -60,9 +60,9 @@ def _restore_data(kind: str, step_dir: pathlib.Path, iterator) -> None:
 
 
 def _measure(kind: str, make, args, root: pathlib.Path) -> dict:
-    import jax.numpy as jnp  # noqa: PLC0415
+    import jax.numpy as jnp
 
-    from flan_jax import checkpoints  # noqa: PLC0415
+    from flan_jax.checkpoints import manager as checkpoints
 
     config = checkpoints.CheckpointConfig(data_state=kind, keep=None)
     ckpt = checkpoints.Checkpointer(str(root / kind), config)

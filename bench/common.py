@@ -45,8 +45,8 @@ def matmul_peak_flops(
     Returns:
       {"flops_per_s": best of `repeats`, "size", "dtype", "device": device kind, "seconds"}.
     """
-    import jax  # noqa: PLC0415 (keeps `import bench.common` light for data-only benchmarks)
-    import jax.numpy as jnp  # noqa: PLC0415
+    import jax  # keeps `import bench.common` light for data-only benchmarks
+    import jax.numpy as jnp
 
     key_a, key_b = jax.random.split(jax.random.key(0))
     a = jax.random.normal(key_a, (size, size), dtype=dtype)

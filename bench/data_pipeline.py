@@ -43,7 +43,7 @@ def _lengths(text: str) -> dict[str, int]:
 
 def register_file_mixture() -> str | None:
     """GLUE (TSV) and CoT (JSONL/TSV) zero-shot variants, equal rates; None without the data."""
-    import seqio  # noqa: PLC0415
+    import seqio
 
     if not os.environ.get("FLAN_JAX_DATA_DIR"):
         return None
@@ -75,7 +75,7 @@ def _examples(name: str, lengths: Mapping[str, int], n: int) -> tuple[list[dict]
     Few-shot formats fit their exemplars to `lengths["inputs"]` and seqio's tasks cut inputs
     there; targets are left whole (the packers below cut them), so truncation can be counted.
     """
-    import seqio  # noqa: PLC0415
+    import seqio
 
     start = time.perf_counter()
     fetch = {"inputs": lengths["inputs"], "targets": UNCUT_TARGETS}
@@ -88,7 +88,7 @@ def _examples(name: str, lengths: Mapping[str, int], n: int) -> tuple[list[dict]
 
 
 def _in_memory(examples: list[dict], lengths: Mapping[str, int]):
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     cols = {
         k: tf.ragged.constant([e[k][: lengths[k]] for e in examples], dtype=tf.int32)
@@ -98,9 +98,9 @@ def _in_memory(examples: list[dict], lengths: Mapping[str, int]):
 
 
 def _converter(kind: str, method: str, buffer_size: int):
-    import seqio  # noqa: PLC0415
+    import seqio
 
-    from flan_jax.data import packing  # noqa: PLC0415
+    from flan_jax.data import packing
 
     base = seqio.EncDecFeatureConverter if kind == "enc_dec" else seqio.DecoderFeatureConverter
     return packing.make_feature_converter(
@@ -109,7 +109,7 @@ def _converter(kind: str, method: str, buffer_size: int):
 
 
 def _pack(examples, lengths, kind: str, method: str, buffer_size: int) -> dict[str, Any]:
-    from flan_jax.data import packing  # noqa: PLC0415
+    from flan_jax.data import packing
 
     keys = ENC_DEC_KEYS if kind == "enc_dec" else DECODER_KEYS
     source = _in_memory(examples, lengths)  # built before the clock starts
@@ -136,7 +136,7 @@ def _pack(examples, lengths, kind: str, method: str, buffer_size: int) -> dict[s
 
 def _full_pipeline(name: str, lengths, n: int, buffer_size: int) -> dict[str, float]:
     """End to end with best fit, timed after the first buffer (startup and fill left out)."""
-    import seqio  # noqa: PLC0415
+    import seqio
 
     ds = seqio.get_mixture_or_task(name).get_dataset(lengths, split="train", shuffle=False, seed=0)
     ds = _converter("enc_dec", "best_fit", buffer_size)(ds.take(n), lengths)
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import flan_jax.registry  # noqa: F401, PLC0415 (registers flan_tiny and the file tasks)
+    import flan_jax.registry  # noqa: F401 PLC0415 (registers flan_tiny and the file tasks)
 
     names = []
     for name in args.mixtures.split(","):

@@ -19,7 +19,7 @@ import numpy as np
 from bench import common
 from flan_jax import convert
 from flan_jax.convert import hf
-from flan_jax.decoding import DecodeConfig
+from flan_jax.model.decoding import DecodeConfig
 
 SIZES = {  # T5 v1.1 shapes (gin/models/t5_1_1/{tiny,small}.gin)
     "tiny": dict(d_model=128, d_kv=32, num_heads=4, d_ff=512, num_layers=2),
@@ -32,8 +32,8 @@ NO_EOS = -1  # an id that is never produced: every row decodes max_decode_len to
 
 def build_hf(size: str, root: str):
     """A random HF T5ForConditionalGeneration of `size`, saved and converted to flan_jax."""
-    import torch  # noqa: PLC0415
-    import transformers  # noqa: PLC0415
+    import torch
+    import transformers
 
     torch.manual_seed(0)
     config = transformers.T5Config(
@@ -58,7 +58,7 @@ def flan_tokens_per_s(model, params, batch_size, decode, repeats) -> float:
 
 
 def hf_tokens_per_s(model, batch_size, method, max_len, repeats) -> float:
-    import torch  # noqa: PLC0415
+    import torch
 
     rng = np.random.default_rng(0)
     ids = torch.tensor(rng.integers(3, VOCAB, (batch_size, INPUT_LEN)))

@@ -13,7 +13,7 @@ import ast
 import pathlib
 import re
 
-from flan_jax import models, network
+from flan_jax.model import models, network
 
 CLASSES = {
     "models.EncoderDecoderModel": models.EncoderDecoderModel,

@@ -1,8 +1,8 @@
 """Train-step benchmark: speed, achieved FLOP/s vs a matmul peak of the same run, compile, memory.
 
 Per config: steps/s, target tokens/s, model FLOP/s per device (analytic model FLOPs of
-flan_jax.flops over the step's best wall time), MFU against the device's bf16 peak
-(flan_jax.flops.PEAK_BF16_FLOPS; on CPU, which has no entry, the matmul peak measured in the
+flan_jax.model.flops over the step's best wall time), MFU against the device's bf16 peak
+(flan_jax.model.flops.PEAK_BF16_FLOPS; on CPU, which has no entry, the matmul peak measured in the
 same run), the share of that measured matmul peak, XLA's cost-analysis count as a second
 column, compile time cold and from the persistent compilation cache, and peak memory per
 device (XLA memory_analysis: arguments + outputs - donated + temporaries + generated code).
@@ -27,8 +27,9 @@ import numpy as np
 from flax import linen as nn
 
 from bench import common, model_gin
-from flan_jax import flops as flops_lib
-from flan_jax import optimizer, partitioning, specs, train_state
+from flan_jax import partitioning, specs
+from flan_jax.model import flops as flops_lib
+from flan_jax.training import optimizer, train_state
 
 CONFIGS = (
     "t5_1_1/tiny", "decoder_only/tiny", "t5_1_1/small", "decoder_only/small",
@@ -229,7 +230,9 @@ def main(argv: list[str] | None = None) -> None:
         row["of matmul peak"] = f"{row['of_peak_ratio']:.1%}"
         rows.append(row)
         print(f"  {config} {variant}: {row['steps/s']:.3g} steps/s", flush=True)
-    title = "train step (model FLOPs: analytic, flan_jax.flops; XLA: cost analysis per device)"
+    title = (
+        "train step (model FLOPs: analytic, flan_jax.model.flops; XLA: cost analysis per device)"
+    )
     common.print_table(title, rows, COLUMNS)
     path = common.append_result(
         "train_step", {"matmul_peak": peak, "args": vars(args), "rows": rows}

@@ -139,7 +139,7 @@ def _slices(devices: Sequence[jax.Device]) -> list[list[jax.Device]]:
 def _slice_mesh(shape: Sequence[int], devices: Sequence[jax.Device]) -> np.ndarray:
     """One slice's devices as an array of `shape` (topology-aware on TPU)."""
     if devices[0].platform == "tpu":
-        from jax.experimental import mesh_utils  # noqa: PLC0415
+        from jax.experimental import mesh_utils
 
         return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
     return np.asarray(devices, dtype=object).reshape(shape)
@@ -219,7 +219,7 @@ def opt_state_shardings(opt_state_shapes, params_shapes, param_shardings, mesh: 
     parameter's shape takes its sharding (momenta, unfactored `v`); anything else
     (Adafactor's factored `v_row`/`v_col`, counts) is replicated: it is O(rows + cols).
     optax copies logical annotations onto factored statistics of lower rank, which is
-    invalid (see STACK.md), hence this derivation.
+    invalid (a spec with more axes than the array), hence this derivation.
     """
     by_path = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params_shapes)[0]:

@@ -68,7 +68,7 @@ def register_all() -> tuple[list[str], list[str]]:
         tasks.task_spec_files(), mixtures.mixture_spec_files()
     )
     # evaluation tasks: MMLU / BBH / GSM8K, MGSM, MMLU chain of thought, TyDiQA
-    from flan_jax import (  # noqa: PLC0415
+    from flan_jax.evaluation import (
         benchmarks,
         benchmarks_mgsm,
         benchmarks_mmlu_cot,

@@ -1,4 +1,4 @@
-"""Fused attention paths (flan_jax.fused_attention) against the einsum reference, on CPU.
+"""Fused attention paths (flan_jax.model.fused_attention) against the einsum reference, on CPU.
 
 Tolerances: float32 1e-5 absolute on unit-scale outputs (summation order only); bfloat16
 3e-2 absolute (8 mantissa bits: both paths round q/k/v and the probabilities to bfloat16, at
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tiny_configs import LLAMA, T5_TINY
 
-from flan_jax import fused_attention, layers, models
+from flan_jax.model import fused_attention, layers, models
 
 B, L, H, K, D = 2, 16, 4, 2, 8
 SEGMENTS = np.array([[1] * 6 + [2] * 7 + [0] * 3, [1] * 9 + [2] * 4 + [3] * 3], np.int32)

@@ -7,7 +7,7 @@ import pytest
 import seqio
 from conftest import DATA_DIR, needs_data
 
-from flan_jax import benchmarks_mgsm as mgsm
+from flan_jax.evaluation import benchmarks_mgsm as mgsm
 from flan_jax.metrics import accuracy, mgsm_answer
 
 MGSM_DIR = os.path.join(DATA_DIR, "mgsm")

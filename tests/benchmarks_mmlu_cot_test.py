@@ -8,7 +8,7 @@ import pytest
 import seqio
 from conftest import DATA_DIR, needs_data
 
-from flan_jax import benchmarks, benchmarks_mmlu_cot
+from flan_jax.evaluation import benchmarks, benchmarks_mmlu_cot
 from flan_jax.metrics import accuracy
 
 EXEMPLARS = os.path.join(os.path.dirname(__file__), "testdata", "mmlu_cot_exemplars.jsonl")

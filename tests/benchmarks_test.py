@@ -10,7 +10,7 @@ import pytest
 import seqio
 from conftest import DATA_DIR, needs_data
 
-from flan_jax import benchmarks
+from flan_jax.evaluation import benchmarks
 
 MMLU_DIR = os.path.join(DATA_DIR, "mmlu", "data", "mmlu")
 

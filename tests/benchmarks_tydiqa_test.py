@@ -6,8 +6,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from flan_jax import benchmarks_tydiqa as tydiqa
 from flan_jax.data.vocab import get_vocabulary
+from flan_jax.evaluation import benchmarks_tydiqa as tydiqa
 from flan_jax.metrics import squad
 
 tfds = pytest.importorskip("tensorflow_datasets")

@@ -7,7 +7,9 @@ import pytest
 import tensorflow as tf
 from partitioning_test import SHAPES, ToyModel
 
-from flan_jax import checkpoints, optimizer, partitioning, train_state
+from flan_jax import partitioning
+from flan_jax.checkpoints import manager as checkpoints
+from flan_jax.training import optimizer, train_state
 
 
 def _state(mesh):

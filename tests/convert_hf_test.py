@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from flan_jax import convert
-from flan_jax.convert import cli, hf
-from flan_jax.decoding import DecodeConfig
+from flan_jax.cli import convert as cli
+from flan_jax.convert import hf
+from flan_jax.model.decoding import DecodeConfig
 
 torch = pytest.importorskip("torch", reason="needs the `hf` extra (torch)")
 transformers = pytest.importorskip("transformers", reason="needs the `hf` extra (transformers)")

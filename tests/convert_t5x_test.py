@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from conftest import FIXTURES_DIR, needs_fixtures
 
-from flan_jax import convert, models
-from flan_jax.convert import cli, t5x
-from flan_jax.decoding import DecodeConfig
+from flan_jax import convert
+from flan_jax.cli import convert as cli
+from flan_jax.convert import t5x
+from flan_jax.model import models
+from flan_jax.model.decoding import DecodeConfig
 
 TINY = os.path.join(FIXTURES_DIR, "t5x_tiny")
 BATCH_KEYS = (

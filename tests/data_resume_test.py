@@ -14,9 +14,9 @@ import pytest
 import seqio
 from conftest import needs_data
 
-from flan_jax import input_pipeline
 from flan_jax.data import packing
-from flan_jax.input_pipeline import DataConfig
+from flan_jax.training import input_pipeline
+from flan_jax.training.input_pipeline import DataConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data_resume_worker.py")
@@ -213,7 +213,7 @@ class _Position:
 
 
 def test_checkpointer_saves_positions_per_step_and_prunes_them(tmp_path):
-    from flan_jax import checkpoints
+    from flan_jax.checkpoints import manager as checkpoints
 
     state = {"w": jax.numpy.arange(4.0)}
     config = checkpoints.CheckpointConfig(period=1, keep=2, async_save=False)

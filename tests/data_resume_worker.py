@@ -21,7 +21,7 @@ MEMBERS = (
 
 
 def _hang_after_checkpoint(step_to_hang: int) -> None:
-    from flan_jax import checkpoints
+    from flan_jax.checkpoints import manager as checkpoints
 
     save = checkpoints.Checkpointer.save
 
@@ -55,7 +55,7 @@ class _SandboxFs:
 
 def main(scenario: str, argv: list[str]) -> int:
     import flan_jax.registry  # noqa: F401  (registers the shipped tasks and mixtures)
-    from flan_jax import train
+    from flan_jax.cli import train
     from flan_jax.data import mixtures
 
     if os.environ.get("FLAN_JAX_TEST_HANG_AFTER"):

@@ -1,4 +1,4 @@
-"""Tests of flan_jax.decoding on a toy second-order Markov model with a counter cache."""
+"""Tests of flan_jax.model.decoding on a toy second-order Markov model with a counter cache."""
 
 import functools
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flan_jax import decoding
+from flan_jax.model import decoding
 
 EOS = 1
 

@@ -102,8 +102,8 @@ def test_check_mixture_finds_planted_gsm8k_test_question(tmp_path):
 
 @needs_data
 def test_drop_eval_overlaps_removes_exactly_the_gsm8k_test_copies():
-    from flan_jax.data import sources  # noqa: PLC0415
-    from flan_jax.specs import spec_dir  # noqa: PLC0415
+    from flan_jax.data import sources
+    from flan_jax.specs import spec_dir
 
     spec = tasks.load_task_spec(spec_dir("tasks") / "cot" / "cot_gsm8k.yaml")
     rows = list(sources.iter_examples(spec.source, "train"))
@@ -115,8 +115,8 @@ def test_drop_eval_overlaps_removes_exactly_the_gsm8k_test_copies():
 
 @needs_data
 def test_shipped_mixtures_are_clean():
-    from flan_jax import registry  # noqa: PLC0415
-    from flan_jax.specs import spec_dir  # noqa: PLC0415
+    from flan_jax import registry
+    from flan_jax.specs import spec_dir
 
     root = spec_dir("tasks")
     files = sorted((root / "flan2021").glob("*.yaml")) + sorted((root / "t0").glob("*.yaml"))

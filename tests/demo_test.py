@@ -6,8 +6,9 @@ import pathlib
 import pytest
 
 import gin
-from flan_jax import demo, registry
-from flan_jax.evaluate import TaskResult
+from flan_jax import registry
+from flan_jax.cli import demo
+from flan_jax.evaluation.evaluate import TaskResult
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
 DEMO_MACROS = (

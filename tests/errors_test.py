@@ -12,8 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flan_jax import cli, gin_flags, models
-from flan_jax.decoding import DecodeConfig
+from flan_jax import cli
+from flan_jax.cli import gin_flags
+from flan_jax.model import models
+from flan_jax.model.decoding import DecodeConfig
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TINY = ["--gin_file=test/tiny_t5.gin", "--gin_file=runs/finetune.gin"]

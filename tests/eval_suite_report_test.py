@@ -14,7 +14,9 @@ import seqio
 import train_test
 from conftest import DATA_DIR, needs_data
 
-from flan_jax import benchmarks_mmlu_cot, cli, evaluate, report, suites
+from flan_jax import cli
+from flan_jax.cli import evaluate as evaluate_cli
+from flan_jax.evaluation import benchmarks_mmlu_cot, report, suites
 
 VOID = {"meta", "img", "br", "hr", "link", "input"}
 
@@ -36,7 +38,7 @@ def run_dir(tmp_path_factory):
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.delenv(benchmarks_mmlu_cot.EXEMPLARS_ENV, raising=False)
-        assert evaluate.main([
+        assert evaluate_cli.main([
             "--gin_file=test/tiny_t5.gin", "--gin_file=runs/eval.gin",
             "--compilation_cache_dir=none",
             f"--gin.CHECKPOINT_PATH='{d}'", f"--gin.MODEL_DIR='{d}'",
@@ -188,9 +190,9 @@ def test_bbh_chance_from_the_files():
 def test_bad_suite_flags_and_report_dir_exit_2(tmp_path, capsys):
     argv = ["--gin_file=test/tiny_t5.gin", "--gin_file=runs/eval.gin", "--gin.MODEL_DIR='x'"]
     argv += ["--gin.CHECKPOINT_PATH='x'", "--gin.TASK_FEATURE_LENGTHS={}"]
-    assert evaluate.main([*argv, "--suite=flan2021"]) == 2
+    assert evaluate_cli.main([*argv, "--suite=flan2021"]) == 2
     assert "unknown suite 'flan2021'; known: ['flan2022']" in capsys.readouterr().err
-    assert evaluate.main([*argv, "--suite=flan2022", "--max_examples_per_task=0"]) == 2
+    assert evaluate_cli.main([*argv, "--suite=flan2022", "--max_examples_per_task=0"]) == 2
     assert "--max_examples_per_task is 0; use a number >= 1" in capsys.readouterr().err
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "metrics.jsonl' not found; give a run folder" in capsys.readouterr().err

@@ -12,8 +12,10 @@ import seqio
 import tensorflow as tf
 from flax import linen as nn
 
-from flan_jax import evaluate, infer, models, network
-from flan_jax.decoding import DecodeConfig
+from flan_jax.cli import evaluate as evaluate_cli
+from flan_jax.evaluation import evaluate, inference
+from flan_jax.model import models, network
+from flan_jax.model.decoding import DecodeConfig
 from flan_jax.partitioning import make_mesh
 
 VOCAB = seqio.ByteVocabulary()
@@ -129,8 +131,8 @@ def test_generation_decodes_greedily_and_scores_the_gold_target(tiny):
             "decoder_input_tokens": np.zeros((1, 8), np.int32),
             "decoder_target_tokens": np.zeros((1, 8), np.int32),
         }
-        tokens = infer.jitted_predict(model, DECODE)(params, batch, None)
-        assert record["prediction"] == infer.decode_tokens(np.asarray(tokens[0]), VOCAB)
+        tokens = inference.jitted_predict(model, DECODE)(params, batch, None)
+        assert record["prediction"] == inference.decode_tokens(np.asarray(tokens[0]), VOCAB)
         np.testing.assert_allclose(
             record["score"], _direct_score(model, params, q, record["target"]), atol=1e-4
         )
@@ -197,9 +199,9 @@ def test_examples_without_options_are_generated_and_reported_apart(tiny):
     np.testing.assert_allclose(
         inverted["score"], _direct_score(model, params, QUESTIONS[3], "nope!"), atol=1e-4
     )
-    examples = infer.load_examples(seqio.get_mixture_or_task(name), "validation", LENGTHS, 4)
+    examples = inference.load_examples(seqio.get_mixture_or_task(name), "validation", LENGTHS, 4)
     with pytest.raises(ValueError, match="example 3 has an empty `options` list"):
-        infer.rank_classify(model, params, examples, VOCAB, LENGTHS, batch_size=8)
+        inference.rank_classify(model, params, examples, VOCAB, LENGTHS, batch_size=8)
 
 
 def test_mixture_on_8_devices_scores_like_1_device(tiny):
@@ -268,7 +270,7 @@ EVAL_LENGTHS = {"inputs": 48, "targets": 32}  # every option fits untrimmed
 
 def _save_run_checkpoint(model_dir, params, step):
     """A checkpoint saved the way the trainer saves it: {step, params, opt_state} via orbax."""
-    from flan_jax import checkpoints  # noqa: PLC0415
+    from flan_jax.checkpoints import manager as checkpoints
 
     state = {
         "step": np.int32(step),
@@ -296,8 +298,8 @@ def _score_batch(model, params, inputs_ids, target_ids):
 
 
 def test_main_evaluates_a_trainer_checkpoint_and_writes_every_output(tmp_path, capsys):
-    from flan_jax import specs  # noqa: PLC0415
-    from flan_jax.data import tasks  # noqa: PLC0415
+    from flan_jax import specs
+    from flan_jax.data import tasks
 
     spec = tasks.load_task_spec(specs.spec_dir("tasks") / "flan_tiny" / "height_nli.yaml")
     tasks.register_task_spec(spec)
@@ -309,7 +311,7 @@ def test_main_evaluates_a_trainer_checkpoint_and_writes_every_output(tmp_path, c
     _save_run_checkpoint(str(tmp_path / "run"), params, step=12)
     (tmp_path / "model.gin").write_text(
         "from __gin__ import dynamic_registration\n"
-        "from flan_jax import models\nfrom flan_jax import network\n"
+        "from flan_jax.model import models\nfrom flan_jax.model import network\n"
         "MODEL = @models.EncoderDecoderModel()\nmodels.EncoderDecoderModel.config = "
         "@network.TransformerConfig()\nnetwork.TransformerConfig:\n"
         + "".join(
@@ -319,7 +321,7 @@ def test_main_evaluates_a_trainer_checkpoint_and_writes_every_output(tmp_path, c
         + "  num_encoder_layers = 1\n  num_decoder_layers = 1\n"
     )
     out = str(tmp_path / "out")
-    assert evaluate.main([
+    assert evaluate_cli.main([
         f"--gin_file={tmp_path / 'model.gin'}", "--gin_file=runs/eval.gin",
         "--compilation_cache_dir=none",  # leave this process's JAX config as it was
         f"--gin.CHECKPOINT_PATH='{tmp_path / 'run'}'", f"--gin.MODEL_DIR='{out}'",
@@ -328,7 +330,7 @@ def test_main_evaluates_a_trainer_checkpoint_and_writes_every_output(tmp_path, c
     ]) == 0  # fmt: skip
     rows = [json.loads(x) for x in open(f"{out}/eval/12/tiny_height_nli_zs_opt.jsonl")]
     task = seqio.get_mixture_or_task("tiny_height_nli_zs_opt")
-    examples = infer.load_examples(task, "validation", EVAL_LENGTHS, 3)
+    examples = inference.load_examples(task, "validation", EVAL_LENGTHS, 3)
     assert [r["input"] for r in rows] == [ex["inputs_pretokenized"].decode() for ex in examples]
     options = ["yes", "it is not possible to tell", "no"]
     for row, ex in zip(rows, examples):
@@ -353,7 +355,7 @@ def test_main_evaluates_a_trainer_checkpoint_and_writes_every_output(tmp_path, c
 
 def test_main_names_missing_required_macros():
     with pytest.raises(ValueError, match=r"CHECKPOINT_PATH.*not set"):
-        evaluate.main(["--gin_file=test/tiny_t5.gin", "--gin_file=runs/eval.gin"])
+        evaluate_cli.main(["--gin_file=test/tiny_t5.gin", "--gin_file=runs/eval.gin"])
 
 
 # ----------------------------------------------------------------------------- HF parity
@@ -362,8 +364,8 @@ def test_main_names_missing_required_macros():
 def test_rank_classification_matches_transformers_log_likelihoods(tiny, tmp_path):
     torch = pytest.importorskip("torch", reason="needs the `hf` extra (torch)")
     transformers = pytest.importorskip("transformers", reason="needs the `hf` extra")
-    from flan_jax import convert  # noqa: PLC0415
-    from flan_jax.convert import hf  # noqa: PLC0415
+    from flan_jax import convert
+    from flan_jax.convert import hf
 
     torch.manual_seed(0)
     config = transformers.T5Config(
@@ -380,7 +382,7 @@ def test_rank_classification_matches_transformers_log_likelihoods(tiny, tmp_path
     params, architecture, cfg, _ = hf.hf_to_flan(str(tmp_path / "hf"))
     convert.save_converted(str(tmp_path / "flan"), params, architecture, cfg)
     model = convert.make_model(architecture, cfg)
-    restored, step = infer.restore_params(model, str(tmp_path / "flan"))
+    restored, step = inference.restore_params(model, str(tmp_path / "flan"))
     assert step == 0
     result = evaluate.evaluate_task(
         model, restored, "eval_test_cls", split="validation", feature_lengths=LENGTHS,
@@ -405,7 +407,7 @@ def test_rank_classification_matches_transformers_log_likelihoods(tiny, tmp_path
 def test_each_task_is_evaluated_on_its_own_split_unless_one_is_named():
     """EVAL_SPLIT None: validation where a task has it, else test (MMLU, BBH, GSM8K); a named
     split the task lacks is an error naming the splits it has (BBH used to run on test)."""
-    from flan_jax import benchmarks, inference
+    from flan_jax.evaluation import benchmarks
 
     benchmarks.register(vocabulary=VOCAB)
     mmlu = seqio.get_mixture_or_task("mmlu_anatomy_0shot")

@@ -25,7 +25,11 @@ from train_test import (
 )
 
 import gin
-from flan_jax import checkpoint_files, checkpoints, gin_flags, run_lock, train
+from flan_jax.checkpoints import files as checkpoint_files
+from flan_jax.checkpoints import manager as checkpoints
+from flan_jax.checkpoints import run_lock
+from flan_jax.cli import gin_flags
+from flan_jax.cli import train as train_cli
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -275,7 +279,7 @@ def test_lock_refuses_a_live_holder_and_breaks_a_stale_one(tmp_path):
 
 
 def _main(model_dir, *bindings):
-    """flan_jax.train.main in this process (8 devices): exit code; gin is cleared after."""
+    """flan_jax.training.train.main in this process (8 devices): exit code; gin is cleared after."""
     register_test_task()
     argv = [
         "--gin_file=test/tiny_t5.gin", "--gin_file=runs/finetune.gin",
@@ -284,7 +288,7 @@ def _main(model_dir, *bindings):
         "--gin.partitioning.make_mesh.shape=(-1, 1, 1)", *bindings,
     ]  # fmt: skip
     try:
-        return train.main(argv)
+        return train_cli.main(argv)
     finally:
         gin.clear_config()
 

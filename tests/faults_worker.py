@@ -1,4 +1,4 @@
-"""A tiny deterministic training loop on flan_jax.checkpoints, for the fault drills.
+"""A tiny deterministic training loop on flan_jax.checkpoints.manager, for the fault drills.
 
 `python faults_worker.py MODEL_DIR STEPS [PHASE:STEP]` trains a toy state for STEPS steps on a
 counting data iterator (JSON state), saving every 2 steps with keep=1, and SIGKILLs itself when
@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flan_jax import checkpoint_files, checkpoints
+from flan_jax.checkpoints import files as checkpoint_files
+from flan_jax.checkpoints import manager as checkpoints
 
 
 class CountingIterator:

@@ -245,7 +245,7 @@ def test_seqio_tokenized_dataset(mocked, name):
 def registered_mixtures():
     """Registers the collection's tasks (and the T0 / CoT / NIv2 / dialog tasks flan2022 uses)
     and mixtures."""
-    from flan_jax import registry  # noqa: PLC0415
+    from flan_jax import registry
 
     root = spec_dir("tasks")
     task_files = SPEC_FILES + sorted((root / "t0").glob("*.yaml"))

@@ -1,4 +1,4 @@
-"""Analytic model FLOPs (flan_jax.flops) against a hand count and the traced forward pass."""
+"""Analytic model FLOPs (flan_jax.model.flops) against a hand count and the traced forward pass."""
 
 import dataclasses
 import io
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tiny_configs import LLAMA, T5_TINY
 
-from flan_jax import flops, models
+from flan_jax.model import flops, models
 
 B, L_IN, L_TGT = 2, 12, 8
 
@@ -90,7 +90,7 @@ def test_peak_table():
 
 
 def test_progress_line_shows_analytic_mfu_then_xla(tmp_path):
-    from flan_jax import metrics_log
+    from flan_jax.training import metrics_log
 
     stream = io.StringIO()
     n_dev = jax.device_count()

@@ -11,9 +11,11 @@ import seqio
 from flax import linen as nn
 
 import gin
-from flan_jax import checkpoints, gin_flags, infer
-from flan_jax import generate as gen
-from flan_jax.decoding import DecodeConfig
+from flan_jax.checkpoints import manager as checkpoints
+from flan_jax.cli import generate as gen
+from flan_jax.cli import gin_flags
+from flan_jax.evaluation import inference
+from flan_jax.model.decoding import DecodeConfig
 
 VOCAB = seqio.ByteVocabulary()
 PROMPTS = ["what is 2 + 3?", "héllo wörld", "a"]
@@ -57,7 +59,7 @@ def run(request, tmp_path_factory):
 def _predicted(model, params, prompt, decode, rng=None):
     batch = gen.prompt_batch(model, prompt, VOCAB, {"inputs": 24, "targets": 8})
     tokens = model.predict_batch(params, batch, rng, decode=decode)
-    return infer.decode_tokens(np.asarray(tokens[0]), VOCAB)
+    return inference.decode_tokens(np.asarray(tokens[0]), VOCAB)
 
 
 def test_main_streams_greedy_decodes_of_args_and_stdin(run, capsys, monkeypatch):

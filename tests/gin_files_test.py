@@ -6,7 +6,7 @@ import re
 import pytest
 
 import gin
-from flan_jax import gin_flags
+from flan_jax.cli import gin_flags
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
 MACROS = {
@@ -82,6 +82,6 @@ def test_include_works_beside_a_runs_folder(tmp_path, monkeypatch):
     (tmp_path / "runs" / "flan_tiny_t5").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # as `python -m` puts the working directory
-    args = gin_flags.parse(["--gin_file=experiments/flan_tiny_t5.gin"], "flan_jax.demo")
+    args = gin_flags.parse(["--gin_file=experiments/flan_tiny_t5.gin"], "flan_jax.cli.demo")
     assert args.gin_file == ["experiments/flan_tiny_t5.gin"]
     assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "flan_tiny_minus_nli"

@@ -10,8 +10,11 @@ import seqio
 import tensorflow as tf
 from flax import linen as nn
 
-from flan_jax import checkpoints, infer, models, network
-from flan_jax.decoding import DecodeConfig
+from flan_jax.checkpoints import manager as checkpoints
+from flan_jax.cli import infer as infer_cli
+from flan_jax.evaluation import infer, inference
+from flan_jax.model import models, network
+from flan_jax.model.decoding import DecodeConfig
 
 VOCAB = seqio.ByteVocabulary()
 LENGTHS = {"inputs": 16, "targets": 8}
@@ -20,8 +23,8 @@ CONFIG = network.TransformerConfig(
     num_encoder_layers=1, num_decoder_layers=1,
 )  # fmt: skip
 MODEL_GIN = """from __gin__ import dynamic_registration
-from flan_jax import models
-from flan_jax import network
+from flan_jax.model import models
+from flan_jax.model import network
 MODEL = @models.EncoderDecoderModel()
 models.EncoderDecoderModel.config = @network.TransformerConfig()
 network.TransformerConfig:
@@ -70,7 +73,7 @@ def _batch(text_in, text_out=""):
 
 
 def _main(root, *extra):
-    return infer.main([
+    return infer_cli.main([
         f"--gin_file={root / 'model.gin'}", "--gin_file=runs/infer.gin",
         f"--gin.CHECKPOINT_PATH='{root / 'run'}'", "--gin.MIXTURE_OR_TASK_MODULE=None",
         f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=8", "--gin.VOCABULARY='byte'",
@@ -86,7 +89,7 @@ def test_predict_mode_writes_greedy_decodes(run, tmp_path):
     lines = [json.loads(x) for x in open(out)]
     decode = DecodeConfig(max_decode_len=6)
     want = [
-        infer.decode_tokens(
+        inference.decode_tokens(
             np.asarray(model.predict_batch(params, _batch(r["inputs"]), decode=decode)[0]), VOCAB
         )
         for r in ROWS
@@ -118,9 +121,9 @@ def test_bad_jsonl_line_is_named(tmp_path):
 
 def test_checkpoint_step_of_each_path_kind(run, tmp_path):
     root, _, _ = run
-    assert infer.checkpoint_step(str(root / "run")) == 4
-    assert infer.checkpoint_step(str(root / "run" / "checkpoints" / "4")) == 4
-    assert infer.checkpoint_step(str(root / "run" / "checkpoints" / "4" / "default")) == 4
-    assert infer.checkpoint_step("/t5x/checkpoint_1000000") == 1000000
+    assert checkpoints.checkpoint_step(str(root / "run")) == 4
+    assert checkpoints.checkpoint_step(str(root / "run" / "checkpoints" / "4")) == 4
+    assert checkpoints.checkpoint_step(str(root / "run" / "checkpoints" / "4" / "default")) == 4
+    assert checkpoints.checkpoint_step("/t5x/checkpoint_1000000") == 1000000
     tf.io.gfile.makedirs(str(tmp_path / "converted" / "default"))
-    assert infer.checkpoint_step(str(tmp_path / "converted")) == 0
+    assert checkpoints.checkpoint_step(str(tmp_path / "converted")) == 0

@@ -44,11 +44,12 @@ def _records(model_dir: str) -> list[dict]:
 
 def _restore(model_dir: str):
     """(model, params, vocabulary, lengths) of the run, in this process (as generate reads it)."""
-    from flan_jax import generate, infer
+    from flan_jax.cli import generate
+    from flan_jax.evaluation import inference
 
     run = generate.load_run_model(str(REPO / model_dir))
     vocab = generate.run_vocabulary(run, None)
-    params, step = infer.restore_params(run.model, str(REPO / model_dir))
+    params, step = inference.restore_params(run.model, str(REPO / model_dir))
     assert step == STEPS
     return run.model, params, vocab, run.feature_lengths
 
@@ -92,8 +93,8 @@ def test_infer_uses_the_runs_vocabulary_and_decodes(trained_run):
     vocabulary, not the T5 default); both equal greedy decodes computed here."""
     import seqio
 
-    from flan_jax import infer, inference
-    from flan_jax.decoding import DecodeConfig
+    from flan_jax.evaluation import infer, inference
+    from flan_jax.model.decoding import DecodeConfig
 
     flan_jax(readme_command("flan-jax infer --gin_file=runs/infer.gin") + " --gin.MAX_DECODE_LEN=8")
     by_task = [json.loads(x) for x in (REPO / RUN / "infer.jsonl").read_text().splitlines()]
@@ -124,8 +125,8 @@ def test_infer_uses_the_runs_vocabulary_and_decodes(trained_run):
 
 
 def test_generate_is_the_greedy_decode(trained_run):
-    from flan_jax import generate
-    from flan_jax.decoding import DecodeConfig
+    from flan_jax.cli import generate
+    from flan_jax.model.decoding import DecodeConfig
 
     command = readme_command("flan-jax generate --model_dir runs/flan_tiny_t5")
     done = flan_jax(command + " --max_decode_len 8")
@@ -208,7 +209,7 @@ DEMO = (
 
 def test_demo_trains_then_restores_and_prints_its_json():
     """`make demo` runs `flan-jax demo`: here 2 steps, one task per group, 2 examples, twice."""
-    from flan_jax import demo
+    from flan_jax.cli import demo
 
     shutil.rmtree(REPO / TMP / "demo", ignore_errors=True)
     try:

@@ -1,4 +1,4 @@
-"""Tests of flan_jax.layers: exact values of norms, buckets, RoPE, attention variants and MLPs."""
+"""Tests of flan_jax.model.layers: exact norms, buckets, RoPE, attention variants and MLPs."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from flan_jax import layers
+from flan_jax.model import layers
 
 
 def _apply(module, *args, **kw):

@@ -1,4 +1,4 @@
-"""Tests of flan_jax.models: T5X fixture parity, losses, scoring, cached decoding, packing."""
+"""Tests of flan_jax.model.models: T5X fixture parity, losses, scoring, cached decoding, packing."""
 
 import os
 
@@ -11,8 +11,8 @@ from conftest import FIXTURES_DIR, needs_fixtures
 from flax import linen as nn
 from tiny_configs import LLAMA, T5_TINY
 
-from flan_jax import models, network
-from flan_jax.decoding import DecodeConfig
+from flan_jax.model import models, network
+from flan_jax.model.decoding import DecodeConfig
 
 T5X_TINY = os.path.join(FIXTURES_DIR, "t5x_tiny")
 

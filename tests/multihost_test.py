@@ -1,7 +1,7 @@
 """Multi-host training on one machine: two JAX processes x 2 fake CPU devices (gloo).
 
 Each process runs tests/multihost_worker.py, which joins the job with
-`jax.distributed.initialize` and runs `flan_jax.train.train` on a global (1, 2, 2) mesh,
+`jax.distributed.initialize` and runs `flan_jax.training.train.train` on a global (1, 2, 2) mesh,
 exactly as the hosts of a TPU slice do. Checked against a single process with the same
 4-device mesh and global batch: losses, final parameters, and which examples each process
 read; then a lost process fails the job within a timeout, the restart resumes from the
@@ -26,7 +26,9 @@ import multihost_worker as worker
 import numpy as np
 import pytest
 
-from flan_jax import checkpoints, input_pipeline, optimizer, partitioning, train_state
+from flan_jax import partitioning
+from flan_jax.checkpoints import manager as checkpoints
+from flan_jax.training import input_pipeline, optimizer, train_state
 
 WORKER = Path(__file__).with_name("multihost_worker.py")
 STEPS = 6

@@ -2,7 +2,7 @@
 
 Launched by tests/multihost_test.py, never collected by pytest. With --num_processes > 1
 it joins the job through `jax.distributed.initialize` (CPU collectives over gloo), as
-each host of a TPU slice does, then runs `flan_jax.train.train` on a global mesh:
+each host of a TPU slice does, then runs `flan_jax.training.train.train` on a global mesh:
 
     python tests/multihost_worker.py --model_dir D --steps 8 --local_devices 2 \
         --num_processes 2 --process_id 0 --port 12345
@@ -59,16 +59,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from flan_jax import (
-    checkpoints,
-    input_pipeline,
-    models,
-    network,
-    optimizer,
-    partitioning,
-    train,
-    train_state,
-)
+from flan_jax import partitioning
+from flan_jax.checkpoints import manager as checkpoints
+from flan_jax.model import models, network
+from flan_jax.training import input_pipeline, optimizer, train, train_state
 
 TASK = "multihost_test_addition"
 NUM_EXAMPLES = 256

@@ -1,4 +1,4 @@
-"""Tests of flan_jax.network: size configs, scan/remat/attention options, dtypes, bad configs."""
+"""Tests of flan_jax.model.network: sizes, scan/remat/attention options, dtypes, bad configs."""
 
 import dataclasses
 import os
@@ -11,7 +11,7 @@ from flax import linen as nn
 from tiny_configs import LLAMA, T5_TINY
 
 import gin
-from flan_jax import models, network
+from flan_jax.model import models, network
 
 GIN_MODELS = os.path.join(os.path.dirname(__file__), "..", "gin", "models")
 # The shared tiny configs, shrunk: the same architectures at a few kilobytes of parameters.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gin
-from flan_jax import models, network
+from flan_jax.model import models, network
 
 GIN_DIR = os.path.join(os.path.dirname(__file__), "..", "gin")
 # Published OPT sizes 125M, 350M, 1.3B, 30B, 175B; the exact counts are Hugging Face's
@@ -89,7 +89,7 @@ def test_decoder_only_options_are_refused_with_an_encoder():
 def _flan_tiny_opt():
     gin.clear_config()
     gin.add_config_file_search_path(GIN_DIR)
-    from flan_jax import demo  # noqa: F401  (registers demo.run_demo for the gin file)
+    from flan_jax.cli import demo  # noqa: F401  (registers demo.run_demo for the gin file)
 
     gin.parse_config_files_and_bindings(
         [os.path.join(GIN_DIR, "experiments", "flan_tiny_opt.gin")], [], finalize_config=False
@@ -103,7 +103,8 @@ def _flan_tiny_opt():
 def test_flan_tiny_opt_trains_with_adamw_on_packed_targets_only_rows():
     """experiments/flan_tiny_opt.gin's model and AdamW: a packed prefix-LM row (two examples,
     loss on targets only) is learned; the loss falls below a recorded reference."""
-    from flan_jax import optimizer, partitioning, train_state
+    from flan_jax import partitioning
+    from flan_jax.training import optimizer, train_state
 
     model, adamw = _flan_tiny_opt()
     assert model.loss_on_targets_only and model.feature_converter_cls.__name__ == (

@@ -10,7 +10,10 @@ import pytest
 from partitioning_test import SHAPES, ToyModel
 
 import gin
-from flan_jax import checkpoints, models, network, optimizer, partitioning, train_state
+from flan_jax import partitioning
+from flan_jax.checkpoints import manager as checkpoints
+from flan_jax.model import models, network
+from flan_jax.training import optimizer, train_state
 
 GIN_DIR = os.path.join(os.path.dirname(__file__), "..", "gin")
 
@@ -137,7 +140,7 @@ def test_adamw_state_restores_equal_on_another_mesh_and_resumes_identically(tmp_
     ckpt = checkpoints.Checkpointer(str(tmp_path), checkpoints.CheckpointConfig(period=1, keep=1))
     restored = ckpt.restore(2, abstract)
     ckpt.close()
-    equal = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # noqa: E731
+    equal = lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     jax.tree.map(equal, restored, state)
     adam = restored["opt_state"][1][0]
     assert isinstance(adam, optax.ScaleByAdamState) and int(adam.count) == 2

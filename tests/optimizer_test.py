@@ -6,7 +6,8 @@ import optax
 import pytest
 from partitioning_test import SHAPES, ToyModel, toy_batch
 
-from flan_jax import optimizer, partitioning, train_state
+from flan_jax import partitioning
+from flan_jax.training import optimizer, train_state
 
 
 def test_constant_and_rsqrt_schedules():

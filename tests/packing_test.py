@@ -238,7 +238,7 @@ FLAN_TINY_INPUTS = 256
 
 @pytest.fixture(scope="module")
 def flan_tiny_examples() -> tf.data.Dataset:
-    from flan_jax import registry  # noqa: F401, PLC0415 (registers flan_tiny)
+    from flan_jax import registry  # noqa: F401  (registers flan_tiny)
 
     mixture = seqio.get_mixture_or_task("flan_tiny")
     # Few-shot formats fit their exemplars to the inputs length; nothing is trimmed here (the

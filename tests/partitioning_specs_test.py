@@ -10,7 +10,8 @@ from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 from tiny_configs import LLAMA, T5_TINY
 
-from flan_jax import models, partitioning
+from flan_jax import partitioning
+from flan_jax.model import models
 
 # PaLM-style: the LLaMA-style decoder with multi-query attention, a parallel block, a shared
 # embedding and scanned layers.

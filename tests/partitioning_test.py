@@ -7,7 +7,8 @@ import pytest
 from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
-from flan_jax import optimizer, partitioning, train_state
+from flan_jax import partitioning
+from flan_jax.training import optimizer, train_state
 
 
 class ToyNet(nn.Module):

@@ -9,7 +9,9 @@ import pytest
 from flax import linen as nn
 from tiny_configs import LLAMA, T5_TINY
 
-from flan_jax import models, network, optimizer, partitioning, train_state
+from flan_jax import partitioning
+from flan_jax.model import models, network
+from flan_jax.training import optimizer, train_state
 
 B, L = 2, 8
 

@@ -5,7 +5,8 @@ import jax
 from flax import linen as nn
 
 from bench import train_step
-from flan_jax import optimizer, partitioning, train_state
+from flan_jax import partitioning
+from flan_jax.training import optimizer, train_state
 
 
 def one_step(config: str) -> dict[str, float]:

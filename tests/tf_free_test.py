@@ -35,8 +35,9 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"{{name}} is blocked in this test")
 
 sys.meta_path.insert(0, Block())
-from flan_jax import decoding, flops, layers, metrics_log, models, network, optimizer
-from flan_jax import partitioning, train_state, transformer
+from flan_jax import partitioning, types
+from flan_jax.model import decoding, flops, fused_attention, layers, models, network, transformer
+from flan_jax.training import metrics_log, optimizer, train_state
 from tf_free_step import one_step
 
 print(json.dumps(one_step("t5_1_1/tiny")))

@@ -1,6 +1,6 @@
 """Tiny TransformerConfigs shared by the network, models and partitioning tests."""
 
-from flan_jax import network
+from flan_jax.model import network
 
 # T5 v1.1 layout; the model of the T5X fixture (../shared/fixtures/t5x_tiny).
 T5_TINY = network.TransformerConfig(

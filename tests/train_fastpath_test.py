@@ -13,8 +13,10 @@ import seqio
 from train_test import REPO, TASK, register_test_task
 
 import gin
-from flan_jax import gin_flags, input_pipeline, train
+from flan_jax.cli import gin_flags
+from flan_jax.cli import train as train_cli
 from flan_jax.data import packing
+from flan_jax.training import input_pipeline, train
 
 LENGTHS = {"inputs": 32, "targets": 32}
 TRAIN_GINS = ["--gin_file=test/tiny_t5.gin", "--gin_file=runs/finetune.gin"]
@@ -52,7 +54,7 @@ def test_train_writes_the_persistent_cache_by_default(tmp_path):
         XLA_FLAGS="--xla_force_host_platform_device_count=4",
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",  # tiny steps compile in < 1 s
     )
-    argv = [sys.executable, "-m", "flan_jax.train", *TRAIN_GINS, "--precompile"]
+    argv = [sys.executable, "-m", "flan_jax.cli.train", *TRAIN_GINS, "--precompile"]
     argv += [f"--gin.MODEL_DIR='{tmp_path / 'run'}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'"]
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -91,7 +93,7 @@ def test_precompile_prints_memory_per_device_without_training(tmp_path, capsys, 
         f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
     ]
     try:
-        assert train.main(argv) == 0
+        assert train_cli.main(argv) == 0
     finally:
         gin.clear_config()
     out = capsys.readouterr().out
@@ -114,7 +116,7 @@ def test_precompile_prints_memory_per_device_without_training(tmp_path, capsys, 
     assert printed["aliased (donated)"] == _shard_bytes(captured["abstract"])  # state donated
     flops = float(re.search(r"FLOPs per device per step ([\d.e+]+)", out).group(1))
     assert flops == pytest.approx(captured["compiled"].cost_analysis()["flops"], rel=1e-3)
-    # the analytic model FLOPs (flan_jax.flops) come first; XLA's count is a second opinion
+    # the analytic model FLOPs (flan_jax.model.flops) come first; XLA's count is a second opinion
     analytic = re.search(r"\(analytic, 6N/token \+ attention\) per step ([\d.e+]+)", out)
     want = train.flops.train_flops_per_step(captured["model"].config, shapes)
     assert float(analytic.group(1)) == pytest.approx(want, rel=1e-3)

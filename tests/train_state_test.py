@@ -4,7 +4,9 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from flan_jax import models, network, partitioning, train_state
+from flan_jax import partitioning
+from flan_jax.model import models, network
+from flan_jax.training import train_state
 
 CONFIG = network.TransformerConfig(
     vocab_size=64, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=32,

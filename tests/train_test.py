@@ -50,7 +50,8 @@ def install_nan_injection(at_step: int) -> None:
     """Makes the batch of step `at_step` carry POISON, and the model's loss NaN on it."""
     import jax.numpy as jnp
 
-    from flan_jax import input_pipeline, models
+    from flan_jax.model import models
+    from flan_jax.training import input_pipeline
 
     loss_fn, next_batch, count = (
         models.BaseModel.loss_fn,
@@ -81,7 +82,7 @@ def install_nan_injection(at_step: int) -> None:
 def run_trainer(
     model_dir, *bindings, model_gin="test/tiny_t5.gin", wait=True, env_extra=None, steps=40
 ):
-    """`python -m flan_jax.train`-equivalent in a subprocess with 4 fake devices."""
+    """`python -m flan_jax.cli.train`-equivalent in a subprocess with 4 fake devices."""
     code = (
         f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import train_test; "
         "train_test.register_test_task(); "
@@ -89,7 +90,7 @@ def run_trainer(
         "n and train_test.install_nan_injection(int(n)); "
         "k = os.environ.get('FLAN_JAX_TEST_KILL_AT'); "
         "k and __import__('faults_worker').install_kill(k); "
-        "from flan_jax import train; sys.exit(train.main(sys.argv[1:]))"
+        "from flan_jax.cli import train; sys.exit(train.main(sys.argv[1:]))"
     )
     argv = [
         sys.executable, "-c", code,

@@ -15,11 +15,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from flan_jax import models, network
+from flan_jax.model import models, network
+from flan_jax.types import Params
 
-Params = dict[str, Any]
 ARCHITECTURES = ("encoder_decoder", "decoder_only")
-PARAMS_ITEM = "default"  # orbax item dir, the name flan_jax.checkpoints looks for
+PARAMS_ITEM = "default"  # orbax item dir, the name flan_jax.checkpoints.manager looks for
 MODEL_CONFIG_FILE = "flan_model.json"
 
 
@@ -42,27 +42,6 @@ def expected_param_shapes(architecture: str, config: network.TransformerConfig) 
         variables["params"],
         is_leaf=lambda x: hasattr(x, "value"),
     )
-
-
-def check_param_shapes(params: Params, expected: Params, source: str) -> None:
-    """Raises ValueError naming the first missing, unexpected or mis-shaped parameter."""
-    want = {
-        jax.tree_util.keystr(p): x.shape for p, x in jax.tree_util.tree_leaves_with_path(expected)
-    }
-    got = {
-        jax.tree_util.keystr(p): np.shape(x) for p, x in jax.tree_util.tree_leaves_with_path(params)
-    }
-    for name, shape in want.items():
-        if name not in got:
-            raise ValueError(f"{source}: parameter {name} {shape} is missing from the checkpoint")
-        if got[name] != shape:
-            raise ValueError(
-                f"{source}: parameter {name} has shape {got[name]} in the checkpoint but the "
-                f"model config expects {shape}; check the config matches the checkpoint"
-            )
-    extra = sorted(set(got) - set(want))
-    if extra:
-        raise ValueError(f"{source}: unexpected parameters {extra[:5]} not in the model config")
 
 
 def save_converted(

@@ -18,10 +18,12 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from flan_jax import convert, network
+from flan_jax import convert
+from flan_jax.checkpoints.manager import check_param_shapes
 from flan_jax.convert import consumed, hf_opt
+from flan_jax.model import network
+from flan_jax.types import Params
 
-Params = dict[str, Any]
 SUPPORTED_ARCHITECTURES = {
     "T5ForConditionalGeneration": "encoder_decoder",
     "MT5ForConditionalGeneration": "encoder_decoder",
@@ -352,7 +354,7 @@ def hf_to_flan(path: str) -> tuple[Params, str, network.TransformerConfig, dict[
     kernel = _logits_kernel(family, cfg, hf_config, tensors)
     if kernel is not None:
         _set(params, ("decoder", "logits_dense", "kernel"), kernel)
-    convert.check_param_shapes(params, expected, path)
+    check_param_shapes(params, expected, path)
     consumed.check_consumed(path, tensors, hf_config)
     return params, architecture, cfg, hf_config
 
@@ -463,9 +465,7 @@ def flan_to_hf(
         raise ValueError(
             "export needs per-layer params (scan_layers=False); unstack `layers` first"
         )
-    convert.check_param_shapes(
-        params, convert.expected_param_shapes(architecture, cfg), "flan params"
-    )
+    check_param_shapes(params, convert.expected_param_shapes(architecture, cfg), "flan params")
     base = dict(hf_config or {})
     family = _export_family(architecture, cfg, base)
     tensors = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from flan_jax import network
+from flan_jax.model import network
 
 # (flan path, HF tensor name, kind); kind 'dense' is transposed, 'copy' copied as is.
 Entry = tuple[tuple[str, ...], str, str]

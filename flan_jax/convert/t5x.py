@@ -15,9 +15,8 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from flax import serialization
 
-from flan_jax import network
-
-Params = dict[str, Any]
+from flan_jax.model import network
+from flan_jax.types import Params
 
 
 def checkpoint_layout(path: str) -> str:

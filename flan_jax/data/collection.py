@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
 
-Example = dict[str, Any]
+from flan_jax.types import Example
 
 LANGUAGE_NAMES = {
     "cs": "Czech",

@@ -189,10 +189,10 @@ def _texts(examples: Iterable[Mapping[str, object]]) -> Iterator[str]:
 
 def _readable(spec) -> str | None:
     """None when the split's data can be read here, else why not (missing TFDS / files)."""
-    from flan_jax.data import sources  # noqa: PLC0415
+    from flan_jax.data import sources
 
     if spec.source.type == "tfds":
-        import tensorflow_datasets as tfds  # noqa: PLC0415
+        import tensorflow_datasets as tfds
 
         builder = tfds.builder(spec.source.name, data_dir=spec.source.data_dir)
         return None if builder.is_prepared() else f"TFDS {spec.source.name} is not prepared"
@@ -203,7 +203,7 @@ def _readable(spec) -> str | None:
 
 def held_out_eval_sets(mixture: str) -> dict[str, list[str]]:
     """For `<name>_minus_<cluster>`: the held-out cluster's validation/test texts (if readable)."""
-    from flan_jax.data import mixtures, tasks  # noqa: PLC0415
+    from flan_jax.data import mixtures, tasks
 
     spec, cluster = mixtures.mixture_spec_of(mixture), mixtures.held_out_cluster(mixture)
     if cluster is None:
@@ -231,9 +231,9 @@ def check_mixture(
     Tasks whose data is absent here (unprepared TFDS, missing files) are listed in
     `Report.skipped` with the reason, never silently passed.
     """
-    import seqio  # noqa: PLC0415
+    import seqio
 
-    from flan_jax.data import tasks  # noqa: PLC0415
+    from flan_jax.data import tasks
 
     if eval_sets is None:
         eval_sets = {**load_eval_sets(data_dir), **held_out_eval_sets(mixture)}

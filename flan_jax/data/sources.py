@@ -19,11 +19,12 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any
 
+from flan_jax.types import Example
+
 DATA_DIR_ENV = "FLAN_JAX_DATA_DIR"
 SOURCE_TYPES = ("jsonl", "tsv", "csv", "tfds", "function")
 FILE_TYPES = ("jsonl", "tsv", "csv")
 DEFAULT_FUNCTION_SPLITS = ("train", "validation", "test")
-Example = dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -314,7 +315,7 @@ def _iter_delimited(spec: SourceSpec, path: pathlib.Path) -> Iterator[Example]:
 
 
 def _iter_tfds(spec: SourceSpec, split: str) -> Iterator[Example]:
-    import seqio  # noqa: PLC0415  (TensorFlow only when a TFDS source is read)
+    import seqio  # TensorFlow only when a TFDS source is read
 
     source = seqio.TfdsDataSource(
         tfds_name=spec.name, tfds_data_dir=spec.data_dir, splits=dict(spec.splits)

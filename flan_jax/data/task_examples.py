@@ -110,7 +110,7 @@ def _prepared_size(spec: TaskSpec, split: str) -> int | None:
         return (
             len(get_examples(spec, split)) if sources.data_available(spec.source, split) else None
         )
-    import tensorflow_datasets as tfds  # noqa: PLC0415  (TFDS only for TFDS sources)
+    import tensorflow_datasets as tfds  # TFDS only for TFDS sources
 
     builder = tfds.builder(spec.source.name, data_dir=spec.source.data_dir)
     tfds_split = spec.source.splits[split]

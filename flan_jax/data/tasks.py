@@ -183,7 +183,7 @@ def _prune_few_shot(dataset, sequence_length=None, output_features=None, *, spec
 def _metric_fns(spec: TaskSpec):
     if not spec.metrics and not spec.postprocessor:
         return [], None
-    from flan_jax import metrics  # noqa: PLC0415  (only tasks that evaluate need it)
+    from flan_jax import metrics  # only tasks that evaluate need it
 
     return [metrics.get_metric(m) for m in spec.metrics], metrics.get_postprocessor(
         spec.postprocessor

@@ -10,7 +10,7 @@ import hashlib
 import random
 from collections.abc import Callable
 
-Example = dict[str, str]
+from flan_jax.types import Example
 
 NAMES = (
     "Ana Ben Cora Dan Eli Fay Gus Hana Ivo Jon Kim Leo Mia Ned Ola Pam Raj Sam Tia Uma "
