@@ -121,6 +121,17 @@ def test_few_shot_pruning_to_budget():
     assert join(lambda t: len(t) <= 3) == "4+4?"  # the query alone is kept even if too long
 
 
+def test_few_shot_task_definition_comes_first():
+    """OPT-IML / NIv2 order: definition, then the demonstrations, then the instance."""
+    cfg = FewShotConfig(num_exemplars=1, definition="Add the two numbers.", inputs_prefix="Q: ")
+    s = RenderSettings(task="add", format="fs_noopt", templates=QA, few_shot=cfg, seed=0)
+    out = render_example(POOL[1], 1, "validation", s, pool=POOL[:2])
+    assert out.inputs == "Add the two numbers.\n\nQ: 0+0?\n0\n\nQ: 1+1?"
+    shots = ["1+1?\n2", "22+22?\n44"]
+    join = lambda fits: formats.join_few_shot(shots, "4+4?", cfg, fits)
+    assert join(lambda t: len(t) <= 40) == "Add the two numbers.\n\n1+1?\n2\n\n4+4?"
+
+
 def test_few_shot_with_options_repeats_the_block_per_exemplar():
     pool = [dict(EX, premise="Bo is 40.", answer="no")]
     s = settings(format="fs_opt", few_shot=FewShotConfig(num_exemplars=1))

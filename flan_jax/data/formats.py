@@ -54,6 +54,7 @@ class FewShotConfig:
     inputs_prefix: str = ""
     targets_prefix: str = ""
     pool_size: int = 1000  # how many train examples (from the start) exemplars come from
+    definition: str = ""  # OPT-IML / NIv2: the task's definition, first, before the exemplars
 
     def __post_init__(self):
         if self.num_exemplars < 1:
@@ -164,11 +165,13 @@ def join_few_shot(
     """Joins exemplar blocks before the query, dropping the last ones until `fits(text)` holds
     (or none is left).
 
-    Example (defaults): shots `["1+1?\n2"]`, query `"2+2?"` -> `"1+1?\n2\n\n2+2?"`.
+    Example (defaults): shots `["1+1?\n2"]`, query `"2+2?"` -> `"1+1?\n2\n\n2+2?"`; with
+    `definition="Add."`: `"Add.\n\n1+1?\n2\n\n2+2?"` (the definition is never dropped).
     """
     shots = list(shots)
+    head = [config.definition] if config.definition else []
     while True:
-        text = config.exemplar_separator.join(shots + [query])
+        text = config.exemplar_separator.join(head + shots + [query])
         if not shots or fits is None or fits(text):
             return text
         shots.pop()
