@@ -181,6 +181,67 @@ def test_suite_scores_subtract_each_benchmarks_chance():
 
 
 @needs_data
+def test_suite_opt_iml_end_to_end(run_dir, tmp_path):
+    """--suite opt_iml on a copy of the tiny run: every level's score is the mean of its
+    tasks' OPT-IML scores recomputed from the written inferences, and the summary line is
+    the mean of the three levels."""
+    d = str(tmp_path / "run")
+    shutil.copytree(run_dir[0], d)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert evaluate_cli.main([
+            "--gin_file=test/tiny_t5.gin", "--gin_file=runs/eval.gin",
+            "--compilation_cache_dir=none",
+            f"--gin.CHECKPOINT_PATH='{d}'", f"--gin.MODEL_DIR='{d}'",
+            "--gin.BATCH_SIZE=8", "--gin.MAX_DECODE_LEN=4",
+            "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 8}",
+            "--suite=opt_iml", "--suite_mixture=opt_iml_tiny",
+            "--max_examples_per_task=2", "--max_tasks_per_benchmark=1",
+        ]) == 0  # fmt: skip
+    record = read_jsonl(f"{d}/metrics.jsonl")[-1]
+    assert record["kind"] == "suite" and record["suite"] == "opt_iml"
+    levels = {}
+    for bench in suites.opt_iml_suite("opt_iml_tiny"):
+        task = bench.tasks[0]
+        rows = read_jsonl(f"{d}/eval/2/{task}.jsonl")
+        assert len(rows) == 2
+        want = suites.opt_iml_score(rows)
+        assert record[f"{bench.name}/score"] == pytest.approx(want), bench.name
+        levels.setdefault(bench.name.split()[0], []).append(want)
+    mean = sum(sum(v) / len(v) for v in levels.values()) / len(levels)
+    assert len(levels) == 3 and record["normalized_average"] == pytest.approx(mean)
+    assert printed.getvalue().splitlines()[-1].split()[-1] == f"{mean:.2f}"
+    assert "mean of the levels" in printed.getvalue()
+
+
+def test_opt_iml_suite_levels_shots_and_scores():
+    import flan_jax.registry  # noqa: F401  (registers opt_iml_tiny)
+
+    suite = suites.opt_iml_suite("opt_iml_tiny_train")  # a split names its spec
+    assert [b.name for b in suite] == [
+        "fully_held_out 0-shot", "fully_held_out few-shot",
+        "partially_held_out 0-shot", "partially_held_out few-shot",
+        "fully_supervised 0-shot", "fully_supervised few-shot",
+    ]  # fmt: skip
+    by_name = {b.name: b.tasks for b in suite}
+    assert by_name["fully_held_out 0-shot"] == (
+        "tiny_height_nli_zs_opt",
+        "tiny_location_nli_zs_opt",
+    )
+    assert by_name["partially_held_out few-shot"] == ("tiny_restaurant_reviews_fs_opt",)
+    assert "tiny_arithmetic_zs_noopt" in by_name["fully_supervised 0-shot"]  # no options
+    assert all(b.metric == suites.OPT_IML_METRIC and b.split is None for b in suite)
+    ranked = [
+        {"mode": "rank_classification", "prediction": p, "target": t}
+        for p, t in [("yes", "yes"), ("no", "yes"), ("no", "no"), ("yes", "yes")]
+    ]
+    assert suites.opt_iml_score(ranked) == 75.0
+    decoded = [{"mode": "generation", "prediction": "the cat sat", "target": "the cat sat down"}]
+    # Rouge-L F: LCS 3 of 3 predicted and 4 target words -> 2 * 1 * 0.75 / 1.75
+    assert suites.opt_iml_score(decoded) == pytest.approx(100 * 1.5 / 1.75)
+
+
+@needs_data
 def test_bbh_chance_from_the_files():
     assert suites.bbh_chance("boolean_expressions") == 50.0  # True / False
     assert suites.bbh_chance("logical_deduction_five_objects") == pytest.approx(20.0)  # (A)-(E)
@@ -191,7 +252,11 @@ def test_bad_suite_flags_and_report_dir_exit_2(tmp_path, capsys):
     argv = ["--gin_file=test/tiny_t5.gin", "--gin_file=runs/eval.gin", "--gin.MODEL_DIR='x'"]
     argv += ["--gin.CHECKPOINT_PATH='x'", "--gin.TASK_FEATURE_LENGTHS={}"]
     assert evaluate_cli.main([*argv, "--suite=flan2021"]) == 2
-    assert "unknown suite 'flan2021'; known: ['flan2022']" in capsys.readouterr().err
+    assert "unknown suite 'flan2021'; known: ['flan2022', 'opt_iml']" in capsys.readouterr().err
+    assert evaluate_cli.main([*argv, "--suite=opt_iml", "--suite_mixture=flan_tiny"]) == 2
+    assert "--suite opt_iml needs a mixture registered with opt_iml_splits; 'flan_tiny'" in (
+        capsys.readouterr().err
+    )
     assert evaluate_cli.main([*argv, "--suite=flan2022", "--max_examples_per_task=0"]) == 2
     assert "--max_examples_per_task is 0; use a number >= 1" in capsys.readouterr().err
     assert cli.main(["report", str(tmp_path)]) == 2

@@ -134,6 +134,9 @@ SKIPPED = {  # command prefix -> why no test runs it
     "flan-jax eval --gin_file=models/t5_1_1/tiny.gin --gin_file=runs/eval.gin "
     "--gin.CHECKPOINT_PATH=\"'$PWD/runs/eval_doc'\"": SUITE_DOC,
     "flan-jax report runs/eval_doc": SUITE_DOC,
+    "flan-jax eval --gin_file=runs/eval.gin --gin.CHECKPOINT_PATH=\"'runs/flan_tiny_opt'\"": (
+        "tests/eval_suite_report_test.py::test_suite_opt_iml_end_to_end runs the opt_iml suite"
+    ),
     "make test": "is this test suite",
     "flan-jax mixture stats flan2021": "tests/data_cli_test.py::test_mixture_stats_flan2021_"
     "without_the_data runs it",

@@ -13,7 +13,15 @@ from flan_jax.evaluation import evaluate, suites
 
 def _add_suite_flags(parser) -> None:
     parser.add_argument(
-        "--suite", default=None, help="evaluate a benchmark suite instead of a mixture: flan2022"
+        "--suite",
+        default=None,
+        help="evaluate a benchmark suite instead of a mixture: flan2022 or opt_iml",
+    )
+    parser.add_argument(
+        "--suite_mixture",
+        default=None,
+        help="opt_iml: the mixture whose opt_iml_splits are evaluated (default: the run's "
+        "MIXTURE_OR_TASK_NAME, e.g. opt_iml_tiny_train)",
     )
     parser.add_argument(
         "--max_examples_per_task", type=int, default=None, help="suite: cap for smoke runs"
@@ -54,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.max_examples_per_task,
                 args.max_tasks_per_benchmark,
                 args.vocabulary,
+                args.suite_mixture or args.run_macros.get("MIXTURE_OR_TASK_NAME"),
             )
         except ValueError as e:
             print(f"flan-jax eval: {e}", file=sys.stderr)
@@ -64,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         importlib.import_module(args.run_macros["MIXTURE_OR_TASK_MODULE"])
     run = gin.get_configurable(evaluate.evaluate_checkpoint)
     try:
+        if suite is not None:  # a bad suite fails before any checkpoint is read
+            module = gin_flags.macro_value("MIXTURE_OR_TASK_MODULE")
+            importlib.import_module(module or "flan_jax.registry")
+            suites.get_suite(suite)
         run(suite=suite) if suite is not None else run()
     except ValueError as e:  # e.g. a task without the requested split
         print(f"flan-jax eval: {e}", file=sys.stderr)

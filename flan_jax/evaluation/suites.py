@@ -8,6 +8,13 @@ the unweighted mean of its tasks' metric (MMLU subjects, BBH tasks, TyDiQA and M
 languages). Its normalized score subtracts its random-chance
 accuracy (`chance`), and the normalized average is the mean of the normalized scores, so a
 model that guesses scores about 0 on every benchmark whatever its number of options.
+
+`flan-jax eval --suite opt_iml` evaluates OPT-IML's three generalisation levels of a mixture
+registered with `opt_iml_splits` (docs/adding_a_task.md): fully held-out, partially held-out
+and fully supervised, each zero-shot and few-shot, at most 250 examples per task (the first
+250 of its validation split), accuracy (rank classification) for tasks with options and
+Rouge-L for generation; it prints each level's mean and their combined mean, the figure
+OPT-IML selects checkpoints by, and logs the means per category (cluster).
 """
 
 from __future__ import annotations
@@ -17,15 +24,22 @@ import os
 import re
 from collections.abc import Callable, Sequence
 
+import seqio
+
+from flan_jax.data import mixtures, opt_iml
 from flan_jax.evaluation import (
     benchmarks,
     benchmarks_mgsm,
     benchmarks_mmlu_cot,
     benchmarks_tydiqa,
 )
+from flan_jax.metrics import rouge
 from flan_jax.training import metrics_log
 
-SUITES = ("flan2022",)
+SUITES = ("flan2022", "opt_iml")
+OPT_IML_METRIC = "opt_iml_score"  # accuracy with options, else Rouge-L (opt_iml_score())
+OPT_IML_MAX_EXAMPLES = 250
+SHOTS = (("0-shot", ("zs_opt", "zs_noopt")), ("few-shot", ("fs_opt", "fs_noopt")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +72,7 @@ class SuiteOptions:
     max_examples_per_task: int | None = None
     max_tasks_per_benchmark: int | None = None
     vocabulary: str | None = None
+    mixture: str | None = None  # opt_iml: a mixture with opt_iml_splits (or one of its splits)
 
     def __post_init__(self):
         if self.name not in SUITES:
@@ -128,9 +143,55 @@ def _tydiqa_unavailable() -> str | None:
     return f"TFDS {benchmarks_tydiqa.TFDS_NAME} is not prepared (run `tfds build tydi_qa`)"
 
 
+def _pick_variants(variants: Sequence[str], formats: Sequence[str]) -> list[str]:
+    """One variant per task: the first of `formats` it has (with options before without)."""
+    bases = list(dict.fromkeys(opt_iml.base_task(v) for v in variants))
+    out = []
+    for base in bases:
+        found = [f"{base}_{f}" for f in formats if f"{base}_{f}" in variants]
+        out += found[:1]
+    return out
+
+
+def opt_iml_suite(mixture: str | None) -> list[Benchmark]:
+    """A benchmark per (generalisation level, 0-shot / few-shot) of the mixture's splits."""
+    spec = mixtures.mixture_spec_of(mixture) if mixture else None
+    if spec is None or spec.opt_iml_splits is None:
+        raise ValueError(
+            f"--suite opt_iml needs a mixture registered with opt_iml_splits; {mixture!r} is "
+            "not one (docs/adding_a_task.md); e.g. --suite_mixture=opt_iml_tiny"
+        )
+    out = []
+    for level in opt_iml.OPT_IML_SPLITS:
+        name = f"{spec.name}_{level}"
+        if name not in mixtures.registered_mixtures():
+            continue  # e.g. no held-out tasks: no partially held-out split
+        variants = [t.name for t in seqio.get_mixture_or_task(name).tasks]
+        for shots, formats in SHOTS:
+            tasks = _pick_variants(variants, formats)
+            if tasks:
+                bench = Benchmark(f"{level} {shots}", tuple(tasks), lambda _: 0.0, split=None)
+                out.append(dataclasses.replace(bench, metric=OPT_IML_METRIC))
+    return out
+
+
+def opt_iml_score(records: Sequence[dict]) -> float:
+    """OPT-IML's per-task score: rank-classification accuracy over the examples with options,
+    else Rouge-L of the decoded texts against the targets (percent)."""
+    ranked = [r for r in records if r.get("mode") == "rank_classification"]
+    if ranked:
+        return 100.0 * sum(r["prediction"] == r["target"] for r in ranked) / len(ranked)
+    if not records:
+        return 0.0
+    return rouge([r["target"] for r in records], [r["prediction"] for r in records])["rougeL"]
+
+
 def get_suite(options: SuiteOptions, root: str | None = None) -> list[Benchmark]:
     """The suite's benchmarks, each cut to its first `max_tasks_per_benchmark` tasks."""
-    suite = {"flan2022": flan2022}[options.name](root)
+    if options.name == "opt_iml":
+        suite = opt_iml_suite(options.mixture)
+    else:
+        suite = flan2022(root)
     cap = options.max_tasks_per_benchmark
     return [dataclasses.replace(b, tasks=b.tasks[:cap]) for b in suite]
 
@@ -162,7 +223,7 @@ def suite_scores(
     return out
 
 
-def format_suite(scores: dict[str, dict[str, float]]) -> str:
+def format_suite(scores: dict[str, dict[str, float]], summary: str = "normalized average") -> str:
     """The suite table as plain text: benchmark, tasks, score, chance, normalized."""
     header = ["benchmark", "tasks", "score", "chance", "normalized"]
     rows = [
@@ -177,9 +238,7 @@ def format_suite(scores: dict[str, dict[str, float]]) -> str:
         if name != "normalized_average"
     ]
     if "normalized_average" in scores:
-        rows.append(
-            ["normalized average", "", "", "", f"{scores['normalized_average']['score']:.2f}"]
-        )
+        rows.append([summary, "", "", "", f"{scores['normalized_average']['score']:.2f}"])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
@@ -231,8 +290,10 @@ def run_suite(
             print(f"suite {options.name}: {bench.name} skipped: {why}")
         else:
             suite.append(bench)
-    if options.max_examples_per_task:
-        config = dataclasses.replace(config, max_examples=options.max_examples_per_task)
+    cap = options.max_examples_per_task
+    cap = cap or (OPT_IML_MAX_EXAMPLES if options.name == "opt_iml" else None)
+    if cap:
+        config = dataclasses.replace(config, max_examples=cap)
     results = {}
     for split in dict.fromkeys(b.split for b in suite):  # benchmarks grouped by split
         tasks = [t for bench in suite if bench.split == split for t in bench.tasks]
@@ -240,10 +301,42 @@ def run_suite(
             model, params, tasks, split=split, feature_lengths=feature_lengths, config=config,
             mesh=mesh,
         )  # fmt: skip
-    scores = suite_scores(suite, {n: r.metrics for n, r in results.items()})
+    per_task = {n: dict(r.metrics) for n, r in results.items()}
+    if options.name == "opt_iml":
+        for n, r in results.items():
+            per_task[n][OPT_IML_METRIC] = opt_iml_score(r.records)
+    scores = suite_scores(suite, per_task)
+    if options.name == "opt_iml":
+        scores = _opt_iml_summary(suite, scores, per_task, results)
     if jax.process_index() == 0:
         evaluate.write_results(model_dir, step, results)
         metrics_log.append_records(model_dir, [suite_record(options.name, step, scores)])
     print(f"suite {options.name}, step {step}:")
-    print(format_suite(scores))
+    print(format_suite(scores, summary=SUMMARY[options.name]))
+    return scores
+
+
+SUMMARY = {"flan2022": "normalized average", "opt_iml": "mean of the levels"}
+
+
+def _opt_iml_summary(suite, scores, per_task, results) -> dict[str, dict[str, float]]:
+    """Adds per-category means to each benchmark and replaces the average of benchmarks by
+    the mean of the levels (each level: the mean of its 0-shot and few-shot scores)."""
+    for bench in suite:
+        if bench.name not in scores:
+            continue
+        clusters: dict[str, list[float]] = {}
+        for t in bench.tasks:
+            if t in per_task:
+                clusters.setdefault(results[t].cluster, []).append(per_task[t][OPT_IML_METRIC])
+        for c, values in sorted(clusters.items()):
+            scores[bench.name][f"category/{c}"] = sum(values) / len(values)
+    levels = {}
+    for level in opt_iml.OPT_IML_SPLITS:
+        done = [v["score"] for b, v in scores.items() if b.split(" ")[0] == level]
+        if done:
+            levels[level] = sum(done) / len(done)
+    scores.pop("normalized_average", None)
+    if levels:
+        scores["normalized_average"] = {"score": sum(levels.values()) / len(levels)}
     return scores
