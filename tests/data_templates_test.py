@@ -108,3 +108,13 @@ def test_every_repo_task_spec_validates(path):
     if spec.cot_templates is not None:
         used |= set().union(*(t.fields for t in spec.cot_templates.templates))
     assert set(spec.fields) - {spec.options_field} <= used
+
+
+def test_every_shipped_collection_shares_one_taxonomy():
+    """FLAN 2021, T0, Flan 2022's other sources and flan_tiny name categories alike."""
+    from flan_jax.data import categories
+
+    clusters = {yaml.safe_load(p.read_text())["cluster"] for p in _repo_task_specs()}
+    assert categories.unknown_categories(clusters) == []
+    assert {"struct_to_text", "reading_comprehension", "topic_classification"} <= clusters
+    assert categories.unknown_categories({"nli", "structure_to_text"}) == ["structure_to_text"]

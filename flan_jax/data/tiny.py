@@ -271,10 +271,10 @@ TASKS: dict[str, tuple[Callable[[random.Random], Example], str, int]] = {
     "restaurant_reviews": (_restaurant_reviews, "sentiment", 1500),
     "height_nli": (_height_nli, "nli", 2500),
     "location_nli": (_location_nli, "nli", 1500),
-    "pet_stories": (_pet_stories, "reading_comp", 2500),
-    "town_stories": (_town_stories, "reading_comp", 2000),
+    "pet_stories": (_pet_stories, "reading_comprehension", 2500),
+    "town_stories": (_town_stories, "reading_comprehension", 2000),
     "paraphrase": (_paraphrase, "paraphrase", 2500),
-    "topic": (_topic, "topic", 1500),
+    "topic": (_topic, "topic_classification", 1500),
     "compare_numbers": (_compare_numbers, "comparison", 2000),
     "sort_numbers": (_sort_numbers, "comparison", 2000),
 }
