@@ -6,10 +6,11 @@ Folders listed in $FLAN_JAX_SPECS (os.pathsep-separated) are registered too.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 
-from flan_jax.data import mixtures, tasks
+from flan_jax.data import mixtures, niv2, tasks
 from flan_jax.data.templates import read_yaml
 
 SPECS_ENV = "FLAN_JAX_SPECS"
@@ -30,7 +31,9 @@ def classify_spec_files(root: str | pathlib.Path) -> tuple[list[pathlib.Path], l
 
 
 def register_specs(
-    task_files: list[pathlib.Path], mixture_files: list[pathlib.Path]
+    task_files: list[pathlib.Path],
+    mixture_files: list[pathlib.Path],
+    members: dict[str, list[str]] | None = None,
 ) -> tuple[list[str], list[str]]:
     """Registers task specs, then mixtures in dependency order (sub-mixtures first).
 
@@ -39,6 +42,10 @@ def register_specs(
     """
     task_specs = [tasks.load_task_spec(p) for p in task_files]
     mixture_specs = [mixtures.load_mixture_spec(p) for p in mixture_files]
+    mixture_specs = [  # `members` replaces a mixture's members (the rest of its spec stays)
+        dataclasses.replace(s, members=tuple(members[s.name])) if s.name in (members or {}) else s
+        for s in mixture_specs
+    ]
     names = [s.name for s in task_specs] + [s.name for s in mixture_specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -63,10 +70,28 @@ def register_dir(root: str | pathlib.Path) -> tuple[list[str], list[str]]:
 
 
 def register_all() -> tuple[list[str], list[str]]:
-    """Registers every shipped task and mixture, then $FLAN_JAX_SPECS folders (idempotent)."""
-    task_names, mixture_names = register_specs(
-        tasks.task_spec_files(), mixtures.mixture_spec_files()
+    """Registers every shipped task and mixture, then $FLAN_JAX_SPECS folders (idempotent).
+
+    With $FLAN_JAX_NIV2_DIR (a clone of allenai/natural-instructions), its default split's
+    tasks are registered (`niv2_<task>`, `niv2_<task>_pos2`), `flan2022_niv2` mixes its train
+    tasks instead of the shipped sample, and `niv2_test` holds its held-out test tasks.
+    """
+    replace, task_names, mixture_names = {}, [], []
+    clone = os.environ.get(niv2.CLONE_ENV)
+    if clone:
+        specs = niv2.clone_task_specs(clone)
+        for spec in specs["train"] + specs["test"]:
+            task_names += tasks.register_task_spec(spec)
+        train = [s["name"] for s in specs["train"]]
+        replace["flan2022_niv2"] = train
+        mixture_names += mixtures.register_mixture_spec(
+            {"name": "niv2_test", "members": [s["name"] for s in specs["test"]]}
+        )
+    more_tasks, more_mixtures = register_specs(
+        tasks.task_spec_files(), mixtures.mixture_spec_files(), replace
     )
+    task_names += more_tasks
+    mixture_names += more_mixtures
     # evaluation tasks: MMLU / BBH / GSM8K, MGSM, MMLU chain of thought, TyDiQA
     from flan_jax.evaluation import (
         benchmarks,

@@ -4,6 +4,7 @@ specs, and `tasks.check_recorded_sizes` (recorded split sizes vs present data, m
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import seqio
@@ -259,3 +260,79 @@ def test_check_recorded_sizes_skips_missing_data_and_flags_file_mismatch(tmp_pat
         "formats": ["zs_noopt"],
     }
     assert tasks.check_recorded_sizes(tasks.load_task_spec(missing)) == {}
+
+
+def _fake_clone(root):
+    """A natural-instructions clone in miniature: two task files and the default split."""
+    for name, definition in [("task001_caps", "Give the capital."), ("task002_sum", "Add.")]:
+        data = {
+            "Definition": [definition],
+            "Positive Examples": [{"input": f"{name} ex{i}", "output": f"out{i}"} for i in (1, 2)],
+            "Instances": [
+                {"id": f"{name}-{i}", "input": f"q{i}", "output": [f"a{i}"]} for i in range(40)
+            ],
+        }
+        (root / "tasks").mkdir(exist_ok=True)
+        (root / "tasks" / f"{name}.json").write_text(json.dumps(data))
+    (root / "splits" / "default").mkdir(parents=True)
+    (root / "splits" / "default" / "train_tasks.txt").write_text("task001_caps\n")
+    (root / "splits" / "default" / "test_tasks.txt").write_text("task002_sum\n")
+
+
+def test_registry_reads_a_natural_instructions_clone(tmp_path):
+    """With $FLAN_JAX_NIV2_DIR, flan2022_niv2 mixes the clone's train tasks (both renderings)
+    and niv2_test holds its test tasks; prompts are definition (+ 2 positives) + instance."""
+    import subprocess
+    import sys
+
+    _fake_clone(tmp_path)
+    code = (
+        "import flan_jax.registry, seqio, json; from flan_jax.data import tasks; "
+        "names = lambda m: sorted(t.name for t in seqio.get_mixture_or_task(m).tasks); "
+        "ex = tasks.get_examples(tasks.get_task_spec('niv2_task001_caps_pos2'), 'train')[0]; "
+        "print(json.dumps([names('flan2022_niv2'), names('niv2_test'), ex['prompt'], "
+        "tasks.get_task_spec('niv2_task001_caps').stand_in_for]))"
+    )
+    env = dict(os.environ, FLAN_JAX_NIV2_DIR=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    train, test, prompt, stand_in = json.loads(done.stdout.strip().splitlines()[-1])
+    assert train == ["niv2_task001_caps_pos2_zs_noopt", "niv2_task001_caps_zs_noopt"]
+    assert test == ["niv2_task002_sum_pos2_zs_noopt", "niv2_task002_sum_zs_noopt"]
+    assert prompt.startswith(
+        "Task: Give the capital.\n\nSolved example 1\nInput: task001_caps ex1\nOutput: out1\n\n"
+        "Solved example 2\nInput: task001_caps ex2\nOutput: out2\n\nYour turn\nInput: q"
+    )
+    assert stand_in is None  # the real corpus: nothing to refuse
+
+
+def test_clone_without_splits_names_the_variable(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"\$FLAN_JAX_NIV2_DIR=.* has no splits/default"):
+        niv2.clone_task_names(tmp_path)
+
+
+def test_flan2022_refuses_the_shipped_samples_unless_smoke_test():
+    import flan_jax.registry  # noqa: F401
+    from flan_jax.data import stats
+    from flan_jax.training import train
+    from flan_jax.training.input_pipeline import DataConfig
+
+    stand_ins = stats.stand_in_tasks("flan2022")
+    assert sorted(stand_ins) == [
+        "dialog_sample_zs_noopt",
+        "niv2_task001_example_pos2_zs_noopt",
+        "niv2_task001_example_zs_noopt",
+    ]
+    lengths = {"inputs": 8, "targets": 8}
+    data = DataConfig(mixture_or_task_name="flan2022", task_feature_lengths=lengths, batch_size=8)
+    with pytest.raises(ValueError, match=r"'flan2022' would train on 3 task\(s\) that read a "
+                       r"shipped sample.*FLAN_JAX_NIV2_DIR.*allow_sample_data=True"):  # fmt: skip
+        train._check_data(None, data, sample=0)
+    smoke = DataConfig(
+        mixture_or_task_name="flan2022", task_feature_lengths=lengths, batch_size=8,
+        allow_sample_data=True,
+    )  # fmt: skip
+    train._check_data(None, smoke, sample=0)
+    assert stats.stand_in_tasks("flan2021") == {}

@@ -26,6 +26,11 @@ from flan_jax.data import sources
 from flan_jax.specs import spec_dir
 
 REQUIRED_KEYS = ("Definition", "Positive Examples", "Instances")
+CLONE_ENV = "FLAN_JAX_NIV2_DIR"  # a clone of github.com/allenai/natural-instructions
+STAND_IN = (
+    f"a sample in NIv2's format, not NIv2: set ${CLONE_ENV} to a clone of "
+    "github.com/allenai/natural-instructions"
+)
 SPLITS = ("train", "validation", "test")
 
 
@@ -188,3 +193,52 @@ def examples(
         for inst in task.instances
         if split_of(inst.id, validation_percent, test_percent) == split
     ]
+
+
+def clone_task_names(root: str | pathlib.Path) -> dict[str, list[str]]:
+    """{"train": [...], "test": [...]}: NIv2's default split of its tasks, read from a clone
+    (`splits/default/{train,test}_tasks.txt`, one task file name without `.json` per line)."""
+    root = pathlib.Path(root).expanduser()
+    out = {}
+    for split in ("train", "test"):
+        listing = root / "splits" / "default" / f"{split}_tasks.txt"
+        if not listing.is_file():
+            raise FileNotFoundError(
+                f"${CLONE_ENV}={str(root)!r} has no {listing.relative_to(root)}; point it at a "
+                "clone of github.com/allenai/natural-instructions"
+            )
+        out[split] = [x.strip() for x in listing.read_text().splitlines() if x.strip()]
+    return out
+
+
+def clone_task_specs(root: str | pathlib.Path, num_positive: int = 2) -> dict[str, list[dict]]:
+    """Task specs for every task of a clone's default split, Flan 2022's two renderings each:
+    definition only (`niv2_<task>`) and definition + `num_positive` positive examples
+    (`niv2_<task>_pos<k>`). Returns {"train": specs, "test": specs} (NIv2's held-out tasks)."""
+    root = pathlib.Path(root).expanduser()
+    out: dict[str, list[dict]] = {}
+    for split, names in clone_task_names(root).items():
+        specs = []
+        for task in names:
+            path = root / "tasks" / f"{task}.json"
+            base = "niv2_" + "".join(c if c.isalnum() else "_" for c in task)
+            for k, name in ((0, base), (num_positive, f"{base}_pos{num_positive}")):
+                specs.append(
+                    {
+                        "name": name,
+                        "cluster": "niv2",
+                        "source": {
+                            "type": "function",
+                            "fn": "flan_jax.data.niv2:examples",
+                            "args": {"path": str(path), "num_positive": k},
+                            "splits": list(SPLITS),
+                        },
+                        "fields": {"prompt": "prompt", "completion": "completion"},
+                        "templates": [{"inputs": "{prompt}", "targets": "{completion}"}],
+                        "formats": ["zs_noopt"],
+                        "vocabulary": "t5",
+                        "metrics": ["rouge"],
+                    }
+                )
+        out[split] = specs
+    return out

@@ -257,3 +257,19 @@ def check_vocabulary(name: str, embedding_size: int) -> None:
                 f"{embedding_size} rows (vocab_size); use a model with vocab_size >= {size} or "
                 "the task's smaller vocabulary"
             )
+
+
+def stand_in_tasks(name: str) -> dict[str, str]:
+    """{task variant: its spec's `stand_in_for`} for the tasks of a mixture or task that read
+    a sample standing in for a real corpus (e.g. the shipped NIv2 and dialog samples)."""
+    provider = seqio.get_mixture_or_task(name)
+    names = [t.name for t in seqio.get_subtasks(provider)] if hasattr(provider, "tasks") else [name]
+    out = {}
+    for variant in names:
+        try:
+            spec = tasks.get_task_spec(variant)
+        except ValueError:  # a plain seqio task
+            continue
+        if spec.stand_in_for:
+            out[variant] = spec.stand_in_for
+    return out

@@ -54,6 +54,7 @@ class TaskSpec:
     num_examples: Mapping[str, int] = dataclasses.field(default_factory=dict)
     metrics: tuple[str, ...] = ()
     postprocessor: str | None = None
+    stand_in_for: str | None = None  # a sample file standing in for a corpus: how to get it
     base_dir: str | None = None
 
     def __post_init__(self):

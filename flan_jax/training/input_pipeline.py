@@ -34,6 +34,8 @@ class DataConfig:
       use_cached: read seqio's offline cache.
       eval_split: validation split of each task used by in-training eval.
       eval_max_examples: cap per task for in-training eval (None: all).
+      allow_sample_data: train on tasks whose spec says they read a small sample standing in
+        for a real corpus (`stand_in_for`); only for smoke tests (refused otherwise).
     """
 
     mixture_or_task_name: str
@@ -47,6 +49,7 @@ class DataConfig:
     use_cached: bool = False
     eval_split: str = "validation"
     eval_max_examples: int | None = 256
+    allow_sample_data: bool = False
 
     def __post_init__(self):
         if self.batch_size < 1:

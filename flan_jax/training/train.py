@@ -197,6 +197,18 @@ def _check_data(model, data: DataConfig, sample: int) -> None:
 
     name = data.mixture_or_task_name
     input_pipeline.get_mixture_or_task(name)  # an unknown name fails here, with its fix
+    if not data.allow_sample_data:
+        stand_ins = stats.stand_in_tasks(name)
+        if stand_ins:
+            fixes: dict[str, list[str]] = {}
+            for task, how in stand_ins.items():
+                fixes.setdefault(how, []).append(task)
+            listed = "; ".join(f"{', '.join(tasks)}: {how}" for how, tasks in fixes.items())
+            raise ValueError(
+                f"{name!r} would train on {len(stand_ins)} task(s) that read a shipped sample, "
+                f"not the real corpus ({listed}); for a smoke test add "
+                "--gin.input_pipeline.DataConfig.allow_sample_data=True"
+            )
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab_size is not None:
         stats.check_vocabulary(name, vocab_size)
