@@ -21,6 +21,7 @@ LANGUAGE_NAMES = {
     "cs": "Czech",
     "de": "German",
     "en": "English",
+    "es": "Spanish",
     "fi": "Finnish",
     "fr": "French",
     "ro": "Romanian",
@@ -191,6 +192,34 @@ def aeslc(ex: Example) -> Example:
     return {"email": ex["email_body"], "subject": _one_line(ex["subject_line"])}
 
 
+def _sentences(pairs: Example) -> str:
+    """A TFDS `Sequence({key, value})` of sentences, in its order, as one paragraph."""
+    return " ".join(v.strip() for v in pairs["value"] if v.strip())
+
+
+def rotten_tomatoes(ex: Example) -> Example:
+    """Opinion abstracts (Rotten Tomatoes): the critics' reviews -> the critic consensus."""
+    return {
+        "topic": ex["_movie_name"],
+        "opinions": _sentences(ex["_critics"]),
+        "abstract": _one_line(ex["_critic_consensus"]),
+    }
+
+
+def idebate(ex: Example) -> Example:
+    """Opinion abstracts (idebate): an argument's sentences -> the claim they support."""
+    return {
+        "topic": ex["_debate_name"],
+        "opinions": _sentences(ex["_argument_sentences"]),
+        "abstract": _one_line(ex["_claim"]),
+    }
+
+
+def wiki_lingua(ex: Example) -> Example:
+    """GEM WikiLingua (English): a how-to article -> its summary."""
+    return {"document": ex["source"], "summary": _one_line(ex["target"])}
+
+
 def ag_news(ex: Example) -> Example:
     return {"title": ex["title"], "text": ex["description"], "label": ex["label"]}
 
@@ -225,6 +254,8 @@ translate_fr_en = translation("fr", "en")
 translate_ro_en = translation("ro", "en")
 translate_ru_en = translation("ru", "en")
 translate_tr_en = translation("tr", "en")
+# ParaCrawl's pair is named English-first (`para_crawl/enes`): English -> Spanish here.
+translate_en_es = translation("en", "es")
 
 
 # ---------------------------------------------------------------------------------- math
