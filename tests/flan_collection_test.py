@@ -350,6 +350,11 @@ _FIXED = {
         "target_aligned": {"en": "y"},
     },
     "enes": {"en": "The cat sleeps.", "es": "El gato duerme."},
+    "esnli": {
+        "premise": "A dog runs in a park.", "hypothesis": "An animal is moving.", "label": 0,
+        "explanation_1": "A dog is an animal\nand running is moving.",
+        "explanation_2": "", "explanation_3": "",
+    },
 }  # fmt: skip
 _EXPECTED = {  # (template 0, the last template: inverted), both zs_noopt
     "opinion_abstracts_rotten_tomatoes": (
@@ -380,7 +385,7 @@ _EXPECTED = {  # (template 0, the last template: inverted), both zs_noopt
 def _fixed_as_dataset(self, split, **kwargs):
     import tensorflow as tf
 
-    ex = _FIXED[self.builder_config.name]
+    ex = _FIXED[self.builder_config.name if self.builder_config else self.name]
     return tf.data.Dataset.from_generator(
         lambda: iter([ex]),
         output_types=self.info.features.dtype,
@@ -404,3 +409,23 @@ def test_added_datasets_render_a_fixed_tfds_example_exactly(name):
         got.append((row.inputs, row.targets))
     assert tuple(got) == _EXPECTED[name]
     assert spec.templates.templates[last].inverted
+
+
+def test_cot_esnli_renders_a_fixed_tfds_example_exactly():
+    """e-SNLI through TFDS (mock_data serving one fixed example): rationale, then the answer."""
+    spec = tasks.load_task_spec(spec_dir("tasks") / "cot" / "cot_esnli.yaml")
+    with tfds.testing.mock_data(as_dataset_fn=_fixed_as_dataset):
+        (ex,) = list(task_examples.iter_prepared(spec, "train"))
+    row = formats.render_example(ex, 0, "train", spec.render_settings("cot"))
+    assert row.inputs == (
+        'Premise: "A dog runs in a park."\nHypothesis: "An animal is moving."\nDoes the premise '
+        "entail the hypothesis? Answer yes, no, or it is not possible to tell.\n"
+        "Let's think step by step."
+    )
+    assert row.targets == "A dog is an animal and running is moving. So the answer is yes."
+    assert postprocessors.POSTPROCESSORS["cot_answer"](row.targets) == "yes"
+    assert collection.esnli(dict(_FIXED["esnli"], label=1))["answer"] == (
+        "it is not possible to tell"
+    )
+    with pytest.raises(ValueError, match=r"e-SNLI label 3 is not 0"):
+        collection.esnli(dict(_FIXED["esnli"], label=3))

@@ -258,6 +258,34 @@ translate_tr_en = translation("tr", "en")
 translate_en_es = translation("en", "es")
 
 
+# ------------------------------------------------------------------------ chain of thought
+
+# e-SNLI's ClassLabel order (TFDS `esnli`): entailment, neutral, contradiction.
+ESNLI_ANSWERS = ("yes", "it is not possible to tell", "no")
+
+
+def esnli(ex: Example) -> Example:
+    """e-SNLI as a CoT question: premise + hypothesis -> first explanation, then the answer.
+
+    Example: {"premise": "A dog runs.", "hypothesis": "An animal moves.", "label": 0,
+    "explanation_1": "A dog is an animal."} -> {"question": 'Premise: "A dog runs."\n
+    Hypothesis: "An animal moves."\nDoes the premise entail the hypothesis? Answer yes, no,
+    or it is not possible to tell.', "rationale": "A dog is an animal.", "answer": "yes"}.
+    """
+    label = ex["label"]
+    if not 0 <= label < len(ESNLI_ANSWERS):
+        raise ValueError(
+            f"e-SNLI label {label} is not 0 (entailment), 1 (neutral) or 2 (contradiction); "
+            "is this TFDS esnli?"
+        )
+    question = (
+        f'Premise: "{ex["premise"].strip()}"\nHypothesis: "{ex["hypothesis"].strip()}"\n'
+        "Does the premise entail the hypothesis? Answer yes, no, or it is not possible to tell."
+    )
+    rationale = _one_line(ex["explanation_1"])
+    return {"question": question, "rationale": rationale, "answer": ESNLI_ANSWERS[label]}
+
+
 # ---------------------------------------------------------------------------------- math
 
 
