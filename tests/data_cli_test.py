@@ -135,7 +135,7 @@ def test_mixture_stats_flan2021_without_the_data(capsys, monkeypatch, tmp_path):
     assert code == 0
     rows = parse_table(out)
     total = rows.pop("total")
-    assert len(rows) == 63 and out.rstrip().endswith("check those sizes.)")
+    assert len(rows) == 67 and out.rstrip().endswith("check those sizes.)")
     want = {}
     for variant in rows:
         spec = tasks.get_task_spec(variant)

@@ -212,3 +212,61 @@ def test_per_example_options_field():
             m if m not in ("-", "*") else o for m, o in zip(markers, ["3", "4", "5"])
         ]
     assert {o.targets for o in outs} >= {"4", "(B)", "B.", "2."}
+
+
+# ------------------------------------------------------------ input inversion (Flan 2022)
+
+
+def test_inversion_share_picks_a_seeded_share_of_examples():
+    s = settings(format="zs_noopt", inversion_share=0.25)
+    rows = [render_example(EX, i, "train", s) for i in range(16)]
+    inverted = [i for i, r in enumerate(rows) if r.template_type == "zs_noopt_inverted"]
+    assert inverted == [0, 13]  # seed 0, task "nli", split train
+    assert inverted == [i for i in range(16) if formats.is_inverted(0, "nli", "train", i, 0.25)]
+    assert [r.template_idx for r in rows[:4]] == [2, 1, 0, 1]  # forward: i % 2 over 0, 1
+    assert (rows[0].inputs, rows[0].targets) == (
+        "Write a claim that is 'yes' given: Ann is 9.",
+        "Ann is a child.",
+    )
+    other_seed = RenderSettings(**{**vars(s), "seed": 1})
+    assert [
+        i for i in range(16) if render_example(EX, i, "train", other_seed).template_idx == 2
+    ] == [0, 4, 6, 8]
+    many = sum(formats.is_inverted(0, "nli", "train", i, 0.1) for i in range(2000))
+    assert 160 < many < 240  # about a tenth
+
+
+def test_inversion_share_bounds_and_default():
+    # None (the default): inverted templates rotate with the others, as in FLAN 2021.
+    assert render_example(EX, 2, "train", settings(format="zs_noopt")).template_idx == 2
+    never = settings(format="zs_noopt", inversion_share=0.0)
+    always = settings(format="zs_noopt", inversion_share=1.0)
+    assert all(render_example(EX, i, "train", never).template_idx < 2 for i in range(20))
+    assert all(render_example(EX, i, "train", always).template_idx == 2 for i in range(20))
+    with pytest.raises(ValueError, match=r"inversion_share must be in \[0, 1\], got 1.5"):
+        settings(inversion_share=1.5)
+    with pytest.raises(ValueError, match=r"needs templates with `inverted: true`"):
+        settings(templates=NLI[:2], inversion_share=0.1)
+
+
+def test_t0_specs_invert_a_tenth_with_the_prompt_as_target():
+    from flan_jax.data.task_spec import load_task_spec  # no TensorFlow import
+    from flan_jax.specs import spec_dir
+
+    spec = load_task_spec(spec_dir("tasks") / "t0" / "t0_glue_mrpc_paraphrase.yaml")
+    assert spec.inversion_share == 0.1
+    s = spec.render_settings("zs_noopt")
+    ex = {"prompt": "Is 'A' a paraphrase of 'B'? yes or no", "completion": "no"}
+    rows = [render_example(ex, i, "train", s) for i in range(40)]
+    assert [i for i, r in enumerate(rows) if r.template_type.endswith("_inverted")] == [
+        0, 2, 26, 31, 39,
+    ]  # fmt: skip
+    assert (rows[0].inputs, rows[0].targets) == (
+        "no\n\nThe text above answers a request. Write that request.",
+        ex["prompt"],
+    )
+    assert (rows[31].inputs, rows[31].targets) == (  # 31 % 2: the second inverted one
+        "Answer: no\n\nWhat was the question or instruction that led to this answer?",
+        ex["prompt"],
+    )
+    assert (rows[1].inputs, rows[1].targets) == (ex["prompt"], "no")

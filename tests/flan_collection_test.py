@@ -7,6 +7,7 @@ integers are first mapped into each dataset's real label domain (see `_sanitize`
 from __future__ import annotations
 
 import collections
+import dataclasses
 import pathlib
 import random
 
@@ -15,7 +16,7 @@ import seqio
 import tensorflow_datasets as tfds
 from conftest import needs_data
 
-from flan_jax.data import collection, formats, sources, tasks
+from flan_jax.data import collection, formats, sources, task_examples, tasks
 from flan_jax.metrics import postprocessors, scores
 from flan_jax.specs import spec_dir
 
@@ -89,12 +90,12 @@ def mocked(request):
 
 def test_collection_covers_flan2021_clusters_and_datasets():
     specs = _specs()
-    assert len(specs) == 63
+    assert len(specs) == 67
     by_cluster = collections.Counter(s.cluster for s in specs)
     assert set(by_cluster) == CLUSTERS
     assert by_cluster["nli"] == 10  # ANLI r1-r3, RTE, CB, SNLI, MNLI m/mm, QNLI, WNLI
-    assert by_cluster["translation"] == 7
-    assert by_cluster["summarization"] == 8
+    assert by_cluster["translation"] == 8  # 7 WMT pairs + ParaCrawl en-es
+    assert by_cluster["summarization"] == 11  # + opinion abstracts x2, WikiLingua
 
 
 @pytest.mark.parametrize("path", SPEC_FILES, ids=lambda p: p.stem)
@@ -276,7 +277,7 @@ def _seqio_rates(name: str) -> dict[str, float]:
 @pytest.mark.parametrize("name,cap", [("flan2021", 3000), ("flan2021_30k", 30000)])
 def test_flan2021_rates_are_capped_example_counts(registered_mixtures, name, cap):
     rates = _seqio_rates(name)
-    assert len(rates) == 63
+    assert len(rates) == 67
     for variant, rate in rates.items():
         spec = tasks.get_task_spec(variant)
         assert rate == min(spec.num_examples["train"], cap), variant
@@ -324,3 +325,107 @@ def test_flan2022_sub_mixture_shares_match_weights(registered_mixtures):
         counts[group_of[task]] += n
     for group, share in expected.items():
         assert abs(counts[group] / 20_000 - share) < 0.02, (group, counts[group] / 20_000, share)
+
+
+# ------------------------------------------- the four FLAN 2021 datasets added last, exactly
+
+# One fixed raw example per TFDS config (its real feature names), served by mock_data.
+_FIXED = {
+    "rotten_tomatoes": {
+        "_movie_name": "Night Train",
+        "_movie_id": "m/night_train",
+        "_critics": {"key": ["c1", "c2"], "value": ["Tense and sharp. ", "A fine thriller."]},
+        "_critic_consensus": "A taut thriller\nwith style.",
+    },
+    "idebate": {
+        "_debate_name": "This House would ban homework",
+        "_claim_id": "1_0",
+        "_argument_sentences": {"key": ["a", "b"], "value": ["Kids tire .", "Play helps ."]},
+        "_claim": "homework harms learning",
+    },
+    "wiki_lingua_english_en": {
+        "gem_id": "g0", "gem_parent_id": "g0", "references": ["Boil water. Add tea."],
+        "source": "Fill the kettle and boil it. Put a tea bag in a cup.",
+        "source_aligned": {"en": "x"}, "target": "Boil water.\nAdd tea.",
+        "target_aligned": {"en": "y"},
+    },
+    "enes": {"en": "The cat sleeps.", "es": "El gato duerme."},
+    "esnli": {
+        "premise": "A dog runs in a park.", "hypothesis": "An animal is moving.", "label": 0,
+        "explanation_1": "A dog is an animal\nand running is moving.",
+        "explanation_2": "", "explanation_3": "",
+    },
+}  # fmt: skip
+_EXPECTED = {  # (template 0, the last template: inverted), both zs_noopt
+    "opinion_abstracts_rotten_tomatoes": (
+        ('Critics on "Night Train":\nTense and sharp. A fine thriller.\n\n'
+         "What is the critics' overall verdict?", "A taut thriller with style."),
+        ("Consensus: A taut thriller with style.\n\nWhich movie could this verdict be about? "
+         "Here are the reviews it summarises: Tense and sharp. A fine thriller.", "Night Train"),
+    ),
+    "opinion_abstracts_idebate": (
+        ("Debate: This House would ban homework\nArgument: Kids tire . Play helps .\n\n"
+         "State the claim this argument makes.", "homework harms learning"),
+        ("Claim: homework harms learning\n\nDevelop this claim into a paragraph with evidence.",
+         "Kids tire . Play helps ."),
+    ),
+    "wiki_lingua_english_en": (
+        ("Fill the kettle and boil it. Put a tea bag in a cup.\n\nSummarise the instructions "
+         "above.", "Boil water. Add tea."),
+        ("Summary of a guide: Boil water. Add tea.\n\nExpand it into full instructions.",
+         "Fill the kettle and boil it. Put a tea bag in a cup."),
+    ),
+    "para_crawl_enes": (
+        ("Translate to Spanish:\n\nThe cat sleeps.", "El gato duerme."),
+        ("Spanish: El gato duerme.\nEnglish:", "The cat sleeps."),  # both directions
+    ),
+}  # fmt: skip
+
+
+def _fixed_as_dataset(self, split, **kwargs):
+    import tensorflow as tf
+
+    ex = _FIXED[self.builder_config.name if self.builder_config else self.name]
+    return tf.data.Dataset.from_generator(
+        lambda: iter([ex]),
+        output_types=self.info.features.dtype,
+        output_shapes=self.info.features.shape,
+    )
+
+
+@pytest.mark.parametrize("name", sorted(_EXPECTED))
+def test_added_datasets_render_a_fixed_tfds_example_exactly(name):
+    spec = tasks.load_task_spec(TASK_DIR / f"{name}.yaml")
+    with tfds.testing.mock_data(as_dataset_fn=_fixed_as_dataset):
+        examples = list(task_examples.iter_prepared(spec, "train"))
+    assert len(examples) == 1
+    (ex,) = examples
+    settings = spec.render_settings("zs_noopt")
+    last = len(spec.templates) - 1
+    got = []
+    for idx in (0, last):
+        one = dataclasses.replace(settings, template_index=idx)
+        row = formats.render_example(ex, 0, "train", one)
+        got.append((row.inputs, row.targets))
+    assert tuple(got) == _EXPECTED[name]
+    assert spec.templates.templates[last].inverted
+
+
+def test_cot_esnli_renders_a_fixed_tfds_example_exactly():
+    """e-SNLI through TFDS (mock_data serving one fixed example): rationale, then the answer."""
+    spec = tasks.load_task_spec(spec_dir("tasks") / "cot" / "cot_esnli.yaml")
+    with tfds.testing.mock_data(as_dataset_fn=_fixed_as_dataset):
+        (ex,) = list(task_examples.iter_prepared(spec, "train"))
+    row = formats.render_example(ex, 0, "train", spec.render_settings("cot"))
+    assert row.inputs == (
+        'Premise: "A dog runs in a park."\nHypothesis: "An animal is moving."\nDoes the premise '
+        "entail the hypothesis? Answer yes, no, or it is not possible to tell.\n"
+        "Let's think step by step."
+    )
+    assert row.targets == "A dog is an animal and running is moving. So the answer is yes."
+    assert postprocessors.POSTPROCESSORS["cot_answer"](row.targets) == "yes"
+    assert collection.esnli(dict(_FIXED["esnli"], label=1))["answer"] == (
+        "it is not possible to tell"
+    )
+    with pytest.raises(ValueError, match=r"e-SNLI label 3 is not 0"):
+        collection.esnli(dict(_FIXED["esnli"], label=3))

@@ -20,6 +20,11 @@ DEFINITION = (
     "Task: You are given the name of a country. Reply with the name of its capital city and "
     "nothing else."
 )
+INVERTED_NIV2_TRAIN = [24]  # of train indices 0-39, seed 0, task niv2_task001_example
+EXPECTED_NIV2_INVERTED = (
+    f"{DEFINITION}\n\nThis is the output for one input of the task:\nTokyo\n\nWrite that input.",
+    "Japan",
+)
 SPEC_FILES = sorted((spec_dir("tasks") / "niv2").glob("*.yaml"))
 SPEC_FILES += sorted((spec_dir("tasks") / "dialog").glob("*.yaml"))
 
@@ -33,6 +38,8 @@ def test_niv2_zero_shot_exact():
         "id": "task001-1",
         "prompt": f"{DEFINITION}\n\nYour turn\nInput: Japan\nOutput:",
         "completion": "Tokyo",
+        "definition": DEFINITION.removeprefix("Task: "),
+        "input": "Japan",
     }
     chile = next(ex for ex in train if ex["id"] == "task001-5")
     assert chile["completion"] == "Santiago"  # the first of the gold outputs
@@ -49,6 +56,8 @@ def test_niv2_few_shot_exact():
             "Your turn\nInput: Canada\nOutput:"
         ),
         "completion": "Ottawa",
+        "definition": DEFINITION.removeprefix("Task: "),
+        "input": "Canada",
     }
 
 
@@ -336,3 +345,19 @@ def test_flan2022_refuses_the_shipped_samples_unless_smoke_test():
     )  # fmt: skip
     train._check_data(None, smoke, sample=0)
     assert stats.stand_in_tasks("flan2021") == {}
+
+
+def test_niv2_input_inversion_exact():
+    """Flan 2022's input inversion on the shipped spec: a seeded tenth of the instances ask
+    for an input given the definition and an output (niv2_instance's inverted templates)."""
+    spec = tasks.load_task_spec(spec_dir("tasks") / "niv2" / "niv2_task001_example.yaml")
+    assert spec.inversion_share == niv2.INVERSION_SHARE == 0.1
+    settings = spec.render_settings("zs_noopt")
+    flags = [formats.is_inverted(0, spec.name, "train", i, 0.1) for i in range(40)]
+    assert [i for i, f in enumerate(flags) if f] == INVERTED_NIV2_TRAIN
+    ex = tasks.get_examples(spec, "train")[0]  # Japan -> Tokyo
+    row = formats.render_example(ex, INVERTED_NIV2_TRAIN[0], "train", settings)
+    assert row.template_type == "zs_noopt_inverted"
+    assert (row.inputs, row.targets) == EXPECTED_NIV2_INVERTED
+    forward = formats.render_example(ex, 0, "train", settings)
+    assert (forward.inputs, forward.targets) == (ex["prompt"], "Tokyo")

@@ -21,6 +21,7 @@ LANGUAGE_NAMES = {
     "cs": "Czech",
     "de": "German",
     "en": "English",
+    "es": "Spanish",
     "fi": "Finnish",
     "fr": "French",
     "ro": "Romanian",
@@ -191,6 +192,34 @@ def aeslc(ex: Example) -> Example:
     return {"email": ex["email_body"], "subject": _one_line(ex["subject_line"])}
 
 
+def _sentences(pairs: Example) -> str:
+    """A TFDS `Sequence({key, value})` of sentences, in its order, as one paragraph."""
+    return " ".join(v.strip() for v in pairs["value"] if v.strip())
+
+
+def rotten_tomatoes(ex: Example) -> Example:
+    """Opinion abstracts (Rotten Tomatoes): the critics' reviews -> the critic consensus."""
+    return {
+        "topic": ex["_movie_name"],
+        "opinions": _sentences(ex["_critics"]),
+        "abstract": _one_line(ex["_critic_consensus"]),
+    }
+
+
+def idebate(ex: Example) -> Example:
+    """Opinion abstracts (idebate): an argument's sentences -> the claim they support."""
+    return {
+        "topic": ex["_debate_name"],
+        "opinions": _sentences(ex["_argument_sentences"]),
+        "abstract": _one_line(ex["_claim"]),
+    }
+
+
+def wiki_lingua(ex: Example) -> Example:
+    """GEM WikiLingua (English): a how-to article -> its summary."""
+    return {"document": ex["source"], "summary": _one_line(ex["target"])}
+
+
 def ag_news(ex: Example) -> Example:
     return {"title": ex["title"], "text": ex["description"], "label": ex["label"]}
 
@@ -225,6 +254,36 @@ translate_fr_en = translation("fr", "en")
 translate_ro_en = translation("ro", "en")
 translate_ru_en = translation("ru", "en")
 translate_tr_en = translation("tr", "en")
+# ParaCrawl's pair is named English-first (`para_crawl/enes`): English -> Spanish here.
+translate_en_es = translation("en", "es")
+
+
+# ------------------------------------------------------------------------ chain of thought
+
+# e-SNLI's ClassLabel order (TFDS `esnli`): entailment, neutral, contradiction.
+ESNLI_ANSWERS = ("yes", "it is not possible to tell", "no")
+
+
+def esnli(ex: Example) -> Example:
+    """e-SNLI as a CoT question: premise + hypothesis -> first explanation, then the answer.
+
+    Example: {"premise": "A dog runs.", "hypothesis": "An animal moves.", "label": 0,
+    "explanation_1": "A dog is an animal."} -> {"question": 'Premise: "A dog runs."\n
+    Hypothesis: "An animal moves."\nDoes the premise entail the hypothesis? Answer yes, no,
+    or it is not possible to tell.', "rationale": "A dog is an animal.", "answer": "yes"}.
+    """
+    label = ex["label"]
+    if not 0 <= label < len(ESNLI_ANSWERS):
+        raise ValueError(
+            f"e-SNLI label {label} is not 0 (entailment), 1 (neutral) or 2 (contradiction); "
+            "is this TFDS esnli?"
+        )
+    question = (
+        f'Premise: "{ex["premise"].strip()}"\nHypothesis: "{ex["hypothesis"].strip()}"\n'
+        "Does the premise entail the hypothesis? Answer yes, no, or it is not possible to tell."
+    )
+    rationale = _one_line(ex["explanation_1"])
+    return {"question": question, "rationale": rationale, "answer": ESNLI_ANSWERS[label]}
 
 
 # ---------------------------------------------------------------------------------- math

@@ -95,6 +95,27 @@ def pick_template(index: int, num_templates: int, assignment: str, rng: random.R
     return rng.randrange(num_templates)
 
 
+def is_inverted(seed: int, task: str, split: str, index: int, share: float) -> bool:
+    """Whether example `index` is asked the other way round (Flan 2022's input inversion).
+
+    Its own stream (not `example_rng`'s), so a share of 0 renders exactly as no share does.
+    Example: share 0.1 over many examples inverts about one in ten, the same ones every run.
+    """
+    return share > 0 and random.Random(f"{seed}:{task}:{split}:{index}:invert").random() < share
+
+
+def choose_template(s: RenderSettings, index: int, split: str, rng: random.Random) -> int:
+    """The template of example `index`: fixed, rotated over all templates, or (with an
+    `inversion_share`) rotated over the inverted ones for that share and the forward ones else."""
+    if s.template_index is not None:
+        return s.template_index
+    if s.inversion_share is None:
+        return pick_template(index, len(s.templates), s.assignment, rng)
+    inverted = is_inverted(s.seed, s.task, split, index, s.inversion_share)
+    group = [i for i, t in enumerate(s.templates) if t.inverted == inverted]
+    return group[pick_template(index, len(group), s.assignment, rng)]
+
+
 def example_rng(seed: int, task: str, split: str, index: int) -> random.Random:
     """The per-example random stream: the same (seed, task, split, index) gives the same draws."""
     return random.Random(f"{seed}:{task}:{split}:{index}")
@@ -206,8 +227,13 @@ class RenderSettings:
     few_shot: FewShotConfig = FewShotConfig()
     seed: int = 0
     output_separators: Sequence[str] = ()  # () : none; else one drawn per example
+    # None: inverted templates rotate with the others (FLAN 2021). A share in [0, 1]: that
+    # share of examples (seeded per example) gets an inverted template, the rest forward ones.
+    inversion_share: float | None = None
 
     def __post_init__(self):
+        if self.inversion_share is not None:
+            _check_inversion(self.inversion_share, self.templates, self.task)
         if isinstance(self.output_separators, str):
             raise ValueError(
                 f"output_separators must be a list of strings, got the string "
@@ -219,6 +245,22 @@ class RenderSettings:
             raise ValueError(f"template_assignment {self.assignment!r} not in {ASSIGNMENTS}")
         if self.options_style not in OPTIONS_STYLES:
             raise ValueError(f"options_style {self.options_style!r} not in {OPTIONS_STYLES}")
+
+
+def _check_inversion(share: float, templates: Sequence[Template], task: str) -> None:
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"task {task!r}: inversion_share must be in [0, 1], got {share}")
+    kinds = {t.inverted for t in templates}
+    if share > 0 and True not in kinds:
+        raise ValueError(
+            f"task {task!r}: inversion_share {share} needs templates with `inverted: true` "
+            f"(output -> input); its {len(templates)} templates have none"
+        )
+    if share < 1 and False not in kinds:
+        raise ValueError(
+            f"task {task!r}: inversion_share {share} < 1 needs forward templates too; "
+            f"all {len(templates)} templates are inverted"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,10 +297,7 @@ def render_example(
     """
     s = settings
     rng = example_rng(s.seed, s.task, split, index)
-    if s.template_index is not None:
-        idx = s.template_index
-    else:
-        idx = pick_template(index, len(s.templates), s.assignment, rng)
+    idx = choose_template(s, index, split, rng)
     template = s.templates[idx]
     style = draw_option_style(s.options_style, rng)
     with_options = s.format not in NOOPT_FORMATS

@@ -32,6 +32,9 @@ STAND_IN = (
     "github.com/allenai/natural-instructions"
 )
 SPLITS = ("train", "validation", "test")
+# Flan 2022's input inversion for NIv2: this share of instances asks for an input given the
+# definition and an output (the `niv2_instance` template set's inverted templates). Our choice.
+INVERSION_SHARE = 0.1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -165,7 +168,8 @@ def examples(
     validation_percent: int = 10,
     test_percent: int = 10,
 ) -> list[dict[str, str]]:
-    """The instances of `split` as {"id", "prompt", "completion"} (the first gold output).
+    """The instances of `split` as {"id", "prompt", "completion"} (the first gold output),
+    plus "definition" and "input" (what inverted templates ask for).
 
     Args:
         split: train, validation or test.
@@ -189,6 +193,8 @@ def examples(
             "id": inst.id,
             "prompt": render_prompt(task, inst.input, num_positive),
             "completion": inst.outputs[0],
+            "definition": task.definition,
+            "input": inst.input,
         }
         for inst in task.instances
         if split_of(inst.id, validation_percent, test_percent) == split
@@ -233,8 +239,9 @@ def clone_task_specs(root: str | pathlib.Path, num_positive: int = 2) -> dict[st
                             "args": {"path": str(path), "num_positive": k},
                             "splits": list(SPLITS),
                         },
-                        "fields": {"prompt": "prompt", "completion": "completion"},
-                        "templates": [{"inputs": "{prompt}", "targets": "{completion}"}],
+                        "fields": {f: f for f in ("prompt", "completion", "definition", "input")},
+                        "templates": "niv2_instance",
+                        "inversion_share": INVERSION_SHARE,
                         "formats": ["zs_noopt"],
                         "vocabulary": "t5",
                         "metrics": ["rouge"],

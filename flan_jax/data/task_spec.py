@@ -50,6 +50,7 @@ class TaskSpec:
     few_shot: formats_lib.FewShotConfig = formats_lib.FewShotConfig()
     seed: int = 0
     output_separators: tuple[str, ...] = ()  # OPT-IML: one drawn per example (formats.py)
+    inversion_share: float | None = None  # Flan 2022 input inversion (formats.choose_template)
     vocabulary: str = "t5"
     num_examples: Mapping[str, int] = dataclasses.field(default_factory=dict)
     metrics: tuple[str, ...] = ()
@@ -118,6 +119,7 @@ class TaskSpec:
             output_separators=tuple(self.output_separators)
             if not isinstance(self.output_separators, str)
             else self.output_separators,
+            inversion_share=self.inversion_share,
         )
 
 
