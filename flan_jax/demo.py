@@ -7,9 +7,11 @@ import collections
 import dataclasses
 import importlib
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -20,11 +22,14 @@ from jax.sharding import Mesh
 
 from flan_jax import evaluate, input_pipeline, optimizer, partitioning, train, train_state
 from flan_jax.checkpoints import CheckpointConfig
+from flan_jax.data import mixtures
+from flan_jax.data import tasks as tasks_lib
 from flan_jax.decoding import DecodeConfig
 from flan_jax.input_pipeline import DataConfig
 from flan_jax.optimizer import OptimizerConfig
 
 RANK, GREEDY = "rank acc", "greedy EM"
+HELD_IN, NEW_INSTRUCTIONS, NEW_TASK = "held-in", "unseen instructions", "unseen task"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,21 +37,36 @@ class DemoConfig:
     """What the before/after table evaluates.
 
     Attributes:
-      held_out_cluster: the cluster left out of training (the mixture is flan_tiny_minus_<it>).
-      full_mixture: the mixture that holds every cluster.
+      held_out_cluster: the cluster left out of training (the mixture is
+        <full_mixture>_minus_<it>).
+      full_mixture: the mixture that holds every trained cluster.
+      eval_mixture: every task the table evaluates (None: full_mixture); a task outside the
+        training mixture is sorted into a generalisation level (see `generalisation_groups`).
       max_examples: validation examples per task per evaluation.
       eval_batch_size: rows per scoring / decoding batch.
       tasks_per_group: evaluate only the first N tasks (by name) of each group, held-in and
         held-out; None: all. A quick run's switch (the journey test uses 1).
+      cluster_scaling: instead of the table, FLAN 2021's cluster-scaling ablation: for each k,
+        train a fresh model on the first k clusters of the training mixture and evaluate the
+        held-out cluster (e.g. (1, 2, 4, 8)); None: off. See `run_cluster_scaling`.
     """
 
     held_out_cluster: str = "nli"
-    full_mixture: str = "flan_tiny"
+    full_mixture: str = "flan_tiny_demo"
+    eval_mixture: str | None = "flan_tiny_demo_eval"
     max_examples: int = 32
     eval_batch_size: int = 32
     tasks_per_group: int | None = None
+    cluster_scaling: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        if self.cluster_scaling is not None:
+            object.__setattr__(self, "cluster_scaling", tuple(self.cluster_scaling))
+            if not self.cluster_scaling or min(self.cluster_scaling) < 1:
+                raise ValueError(
+                    f"DemoConfig.cluster_scaling ({self.cluster_scaling}) must list cluster "
+                    "counts >= 1, e.g. (1, 2, 4, 8), or be None (off)"
+                )
         if self.max_examples < 1 or self.eval_batch_size < 1:
             raise ValueError(
                 f"DemoConfig.max_examples ({self.max_examples}) and eval_batch_size "
@@ -69,6 +89,50 @@ def eval_task_names(mixture: str) -> dict[str, str]:
             if name.endswith(suffix) and not (suffix == "_zs_noopt" and base + "_zs_opt" in names):
                 out[base] = name
     return out
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion, in percent (95% for z=1.96).
+
+    Example: 9 hits of 10 -> (59.6, 98.2); 0 of 10 -> (0.0, 27.8); n=0 -> (0.0, 100.0).
+    """
+    if n == 0:
+        return 0.0, 100.0
+    p = hits / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100.0 * max(0.0, center - half), 100.0 * min(1.0, center + half)
+
+
+def generalisation_groups(
+    trained: str, evaluated: str, held_out_cluster: str
+) -> dict[str, dict[str, str]]:
+    """Sorts the evaluated tasks into OPT-IML's generalisation levels, plus unseen instructions.
+
+    A task of the training mixture is `held-in` (its validation examples are unseen); one
+    that reads the same source as a trained task under other templates is `unseen
+    instructions`; one of a trained cluster is `unseen task`; the rest are `held-out
+    (<cluster>)`, one group per cluster, `held_out_cluster` first. Empty groups are dropped.
+    Returns {group: {base task: the variant evaluated (see `eval_task_names`)}}.
+    """
+    held_in = eval_task_names(trained)
+    specs = {v: tasks_lib.get_task_spec(v) for v in held_in.values()}
+    sources = {repr(s.source) for s in specs.values()}
+    clusters = {s.cluster for s in specs.values()}
+    groups: dict[str, dict[str, str]] = {HELD_IN: held_in, NEW_INSTRUCTIONS: {}, NEW_TASK: {}}
+    groups[f"held-out ({held_out_cluster})"] = {}
+    for base, variant in eval_task_names(evaluated).items():
+        if base in held_in:
+            continue
+        spec = tasks_lib.get_task_spec(variant)
+        if repr(spec.source) in sources:
+            group = NEW_INSTRUCTIONS
+        elif spec.cluster in clusters:
+            group = NEW_TASK
+        else:
+            group = f"held-out ({spec.cluster})"
+        groups.setdefault(group, {})[base] = variant
+    return {g: names for g, names in groups.items() if names}
 
 
 def task_row(result: evaluate.TaskResult) -> dict[str, Any]:
@@ -97,6 +161,12 @@ def task_row(result: evaluate.TaskResult) -> dict[str, Any]:
     return {"eval": GREEDY, "n": n, "value": value, "chance": chance, "generated": n}
 
 
+def _with_interval(row: dict) -> dict:
+    """Adds the 95% Wilson interval of `after` (lo, hi) and whether it excludes chance."""
+    lo, hi = wilson_interval(round(row["after"] * row["n"] / 100.0), row["n"])
+    return {**row, "lo": lo, "hi": hi, "above_chance": lo > row["chance"]}
+
+
 def _evaluate(model, params, names: dict[str, str], data, mesh, demo, label: str) -> dict:
     """{task variant: TaskResult} over every task the table shows."""
     t0 = time.perf_counter()
@@ -120,20 +190,24 @@ def _evaluate(model, params, names: dict[str, str], data, mesh, demo, label: str
 
 
 def _mean_row(group: str, kind: str, members: list[dict]) -> dict:
-    mean = {k: sum(r[k] for r in members) / len(members) for k in ("before", "after", "chance")}
-    return {
-        "group": group,
-        "task": f"{group} mean ({len(members)} tasks)",
-        "cluster": "-",
-        "eval": kind,
-        "n": sum(r["n"] for r in members),
-        "generated": sum(r["generated"] for r in members),
-        **mean,
-    }
+    """The group's pooled row: every example of its tasks counted once (a mean weighted by n)."""
+    n = sum(r["n"] for r in members)
+    pooled = {k: sum(r[k] * r["n"] for r in members) / n for k in ("before", "after", "chance")}
+    return _with_interval(
+        {
+            "group": group,
+            "task": f"{group} ({len(members)} tasks)",
+            "cluster": "-",
+            "eval": kind,
+            "n": n,
+            "generated": sum(r["generated"] for r in members),
+            **pooled,
+        }
+    )
 
 
 def build_table(groups: dict[str, dict[str, str]], before: dict, after: dict) -> list[dict]:
-    """Rows: each task of each group, then the group's mean per evaluation kind."""
+    """Rows: each task of each group, then the group's pooled row per evaluation kind."""
     rows = []
     for group, names in groups.items():
         task_rows = []
@@ -142,7 +216,9 @@ def build_table(groups: dict[str, dict[str, str]], before: dict, after: dict) ->
             row["before"] = row.pop("value")
             row["after"] = task_row(after[variant])["value"]
             task_rows.append(
-                {"group": group, "task": variant, "cluster": before[variant].cluster, **row}
+                _with_interval(
+                    {"group": group, "task": variant, "cluster": before[variant].cluster, **row}
+                )
             )
         rows.extend(task_rows)
         for kind in (RANK, GREEDY):
@@ -153,22 +229,37 @@ def build_table(groups: dict[str, dict[str, str]], before: dict, after: dict) ->
 
 
 def format_rows(rows: list[dict]) -> str:
-    """The table as text: task, cluster, eval, n, before, after, chance (percent)."""
-    header = ["task", "cluster", "eval", "n", "before", "after", "chance"]
+    """The table as text: task, cluster, eval, n, before, after, its 95% interval, chance
+    (percent), and whether the interval lies above chance."""
+    header = [
+        "task",
+        "cluster",
+        "eval",
+        "n",
+        "before",
+        "after",
+        "95% interval",
+        "chance",
+        ">chance",
+    ]
     body = [
         [
             r["task"],
             r["cluster"],
             r["eval"],
             str(r["n"]),
-            *(f"{r[k]:.1f}" for k in ("before", "after", "chance")),
+            f"{r['before']:.1f}",
+            f"{r['after']:.1f}",
+            f"[{r['lo']:.1f}, {r['hi']:.1f}]",
+            f"{r['chance']:.1f}",
+            "yes" if r["above_chance"] else "no",
         ]
         for r in rows
     ]
     widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
     fmt = lambda cells: "  ".join(  # noqa: E731
         c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-    )
+    ).rstrip()
     lines, group = [fmt(header)], None
     for r, cells in zip(rows, body):
         if r["group"] != group:
@@ -204,14 +295,17 @@ def run_demo(
             f"--gin.MIXTURE_OR_TASK_NAME=\"'{want}'\""
         )
     importlib.import_module(mixture_or_task_module or "flan_jax.registry")
-    held_in = eval_task_names(data.mixture_or_task_name)
-    every = eval_task_names(demo.full_mixture)
-    held_out = {b: v for b, v in every.items() if b not in held_in}
-    groups = {"held-in": held_in, f"held-out ({demo.held_out_cluster})": held_out}
+    groups = generalisation_groups(
+        data.mixture_or_task_name, demo.eval_mixture or demo.full_mixture, demo.held_out_cluster
+    )
     if demo.tasks_per_group is not None:
         groups = {g: dict(sorted(n.items())[: demo.tasks_per_group]) for g, n in groups.items()}
-        held_in, held_out = groups.values()
-    names = held_in | held_out
+    if demo.cluster_scaling:
+        held_out = groups[f"held-out ({demo.held_out_cluster})"]
+        kwargs = dict(model=model, data=data, mesh=mesh, optimizer_config=optimizer_config)
+        return run_cluster_scaling(**kwargs, checkpoint=checkpoint, run=run, demo=demo,
+                                   held_out=held_out)  # fmt: skip
+    names = {k: v for g in groups.values() for k, v in g.items()}
     converter = model.feature_converter_cls(pack=data.pack)
     shapes = input_pipeline.model_input_shapes(data, converter)
     tx = optimizer.make_optimizer(optimizer_config)
@@ -286,6 +380,129 @@ def _report(rows, run: train.RunConfig, data: DataConfig, demo: DemoConfig, *, w
         f"  TensorBoard: tensorboard --logdir {model_dir}\n"
         f"demo: {wall:.0f}s wall, {cpu:.0f}s CPU (this process)"
     )
+
+
+def cluster_mixtures(trained: str, sizes: Sequence[int]) -> dict[int, tuple[str, list[str]]]:
+    """Registers `<trained>_<k>_clusters` for each k: the tasks of the first k clusters of the
+    mixture `trained` (in member order) at their rates in it. Returns {k: (name, clusters)}.
+
+    Example: flan_tiny_demo_minus_nli, sizes (1, 2) -> {1: ("flan_tiny_demo_minus_nli_1_clusters",
+    ["sentiment"]), 2: (..._2_clusters, ["sentiment", "topic"])}.
+    """
+    rates = mixtures.mixture_rates(trained)
+    clusters = list(dict.fromkeys(mixtures.cluster_of(t) for t in rates))
+    if max(sizes) > len(clusters):
+        raise ValueError(
+            f"DemoConfig.cluster_scaling {tuple(sizes)} asks for {max(sizes)} clusters; "
+            f"{trained!r} has {len(clusters)}: {clusters}"
+        )
+    out = {}
+    for k in sizes:
+        name = f"{trained}_{k}_clusters"
+        members = [
+            {"name": t, "weight": r}
+            for t, r in rates.items()
+            if mixtures.cluster_of(t) in clusters[:k]
+        ]
+        mixtures.register_mixture_spec({"name": name, "members": members})
+        out[k] = (name, clusters[:k])
+    return out
+
+
+def pooled_row(results: dict, variants: Sequence[str]) -> dict:
+    """Every example of `variants` counted once: n, accuracy, 95% interval, chance (percent)."""
+    rows = [task_row(results[v]) for v in variants]
+    n = sum(r["n"] for r in rows)
+    hits = sum(round(r["value"] * r["n"] / 100.0) for r in rows)
+    chance = sum(r["chance"] * r["n"] for r in rows) / n if n else 0.0
+    lo, hi = wilson_interval(hits, n)
+    value = 100.0 * hits / n if n else 0.0
+    return {
+        "n": n,
+        "value": value,
+        "lo": lo,
+        "hi": hi,
+        "chance": chance,
+        "above_chance": lo > chance,
+    }
+
+
+def format_scaling(rows: list[dict], held_out: str) -> str:
+    """The ablation's table: training clusters, n, held-out accuracy, 95% interval, chance."""
+    lines = [f"clusters  n    {held_out:>12}  95% interval    chance  >chance  trained on"]
+    for r in rows:
+        lines.append(
+            f"{r['k']:>8}  {r['n']:<4} {r['value']:>12.1f}  [{r['lo']:5.1f}, {r['hi']:5.1f}]  "
+            f"{r['chance']:>6.1f}  {'yes' if r['above_chance'] else 'no':>7}  "
+            + ", ".join(r["clusters"])
+        )
+    return "\n".join(lines)
+
+
+def plot_scaling(rows: list[dict], held_out: str, path: str) -> None:
+    """Held-out accuracy (95% interval bars) against training clusters, chance dashed; a PNG."""
+    import matplotlib  # noqa: PLC0415 (only the ablation draws)
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt  # noqa: PLC0415
+
+    ks = [r["k"] for r in rows]
+    values = [r["value"] for r in rows]
+    err = [[r["value"] - r["lo"] for r in rows], [r["hi"] - r["value"] for r in rows]]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(ks, values, yerr=err, marker="o", capsize=4, label=f"held-out {held_out}")
+    ax.plot(ks, [r["chance"] for r in rows], "k--", label="chance")
+    ax.set(xlabel="training clusters", ylabel="accuracy (%)", ylim=(0, 100), xticks=ks)
+    ax.set_title("flan_tiny: held-out accuracy vs. training clusters", fontsize=10)
+    ax.legend()
+    fig.tight_layout()
+    with tf.io.gfile.GFile(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
+def run_cluster_scaling(
+    *, model, data, mesh, optimizer_config, checkpoint, run, demo, held_out: dict[str, str]
+) -> list[dict]:
+    """FLAN 2021's cluster-scaling ablation at CPU scale: for each k in demo.cluster_scaling,
+    trains a fresh model (MODEL_DIR/clusters_<k>) for TRAIN_STEPS on the first k clusters,
+    evaluates the held-out cluster; writes cluster_scaling.{txt,json,png} into MODEL_DIR."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    rows = []
+    for k, (name, clusters) in cluster_mixtures(
+        data.mixture_or_task_name, demo.cluster_scaling
+    ).items():
+        print(f"demo: cluster scaling: {k} clusters ({', '.join(clusters)})", flush=True)
+        sub_run = dataclasses.replace(run, model_dir=os.path.join(run.model_dir, f"clusters_{k}"))
+        state = train.train(
+            model=model,
+            data=dataclasses.replace(data, mixture_or_task_name=name),
+            mesh=mesh,
+            optimizer_config=optimizer_config,
+            checkpoint=checkpoint,
+            run=sub_run,
+        )
+        if int(jax.device_get(state["step"])) < run.train_steps:
+            print("demo: stopped early; run the demo again to resume", flush=True)
+            return []
+        with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
+            results = _evaluate(model, state["params"], held_out, data, mesh, demo, f"k={k}")
+        rows.append({"k": k, "clusters": clusters, **pooled_row(results, held_out.values())})
+    label = f"{demo.held_out_cluster} acc"
+    text = format_scaling(rows, label)
+    print(f"\nheld-out {demo.held_out_cluster} ({len(held_out)} tasks, validation) after "
+          f"{run.train_steps} steps on the first k clusters (percent):\n{text}")  # fmt: skip
+    if jax.process_index() == 0:
+        base = os.path.join(run.model_dir, "cluster_scaling")
+        with tf.io.gfile.GFile(base + ".txt", "w") as f:
+            f.write(text + "\n")
+        with tf.io.gfile.GFile(base + ".json", "w") as f:
+            json.dump({"train_steps": run.train_steps, "rows": rows}, f, indent=1)
+        plot_scaling(rows, demo.held_out_cluster, base + ".png")
+        print(f"  table: {base}.txt\n  plot: {base}.png")
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    print(f"demo: cluster scaling {wall:.0f}s wall, {cpu:.0f}s CPU (this process)")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,17 +65,68 @@ def test_task_rows_chance_levels_and_group_means():
         "generated": 1,
         "before": 25.0,
         "after": 75.0,
+        "lo": pytest.approx(30.06, abs=0.01),  # Wilson, 3 of 4
+        "hi": pytest.approx(95.44, abs=0.01),
+        "above_chance": False,  # 30.06 < 37.5
     }
     assert (gen["eval"], gen["n"], gen["before"], gen["after"]) == (demo.GREEDY, 4, 0.0, 50.0)
     assert gen["chance"] == 50.0  # always answering "1"
-    assert rank_mean["task"] == "held-in mean (1 tasks)" and rank_mean["after"] == 75.0
-    assert [r["task"] for r in rows] == ["cls", "gen", *["held-in mean (1 tasks)"] * 2]
+    assert rank_mean["task"] == "held-in (1 tasks)" and rank_mean["after"] == 75.0
+    assert [r["task"] for r in rows] == ["cls", "gen", *["held-in (1 tasks)"] * 2]
     assert rows[3]["eval"] == demo.GREEDY and rows[3]["chance"] == 50.0
     text = demo.format_rows(rows)
     assert text.splitlines()[0].split() == [
-        "task", "cluster", "eval", "n", "before", "after", "chance"
+        "task", "cluster", "eval", "n", "before", "after", "95%", "interval", "chance", ">chance"
     ]  # fmt: skip
     assert "37.5" in text and "-- held-in" in text
+
+
+def test_group_rows_pool_examples_and_weigh_tasks_by_n():
+    before = {"a": _generated(["1"] * 10, 0.0), "b": _generated(["1", "2"] * 15, 0.0)}
+    after = {"a": _generated(["1"] * 10, 100.0), "b": _generated(["1", "2"] * 15, 50.0)}
+    rows = demo.build_table({"g": {"x": "a", "y": "b"}}, before, after)
+    pooled = rows[2]
+    assert (pooled["task"], pooled["n"]) == ("g (2 tasks)", 40)
+    assert pooled["after"] == 62.5  # (10 + 15) / 40, not the task mean 75
+    assert pooled["chance"] == 62.5  # (10 * 100 + 30 * 50) / 40
+    lo, hi = demo.wilson_interval(25, 40)
+    assert (pooled["lo"], pooled["hi"]) == (lo, hi) and not pooled["above_chance"]
+    assert not rows[0]["above_chance"]  # 10 of 10, but always answering "1" does as well
+
+
+def test_wilson_interval_exact_values():
+    got = {
+        (h, n): tuple(round(x, 2) for x in demo.wilson_interval(h, n))
+        for h, n in [(9, 10), (0, 10), (10, 10), (50, 100), (95, 100)]
+    }
+    assert got == {
+        (9, 10): (59.58, 98.21),
+        (0, 10): (0.0, 27.75),
+        (10, 10): (72.25, 100.0),
+        (50, 100): (40.38, 59.62),
+        (95, 100): (88.82, 97.85),
+    }
+    assert demo.wilson_interval(0, 0) == (0.0, 100.0)
+
+
+def test_generalisation_groups_of_the_demo_mixtures():
+    registry.register_all()
+    groups = demo.generalisation_groups("flan_tiny_demo_minus_nli", "flan_tiny_demo_eval", "nli")
+    assert list(groups) == [
+        "held-in", "unseen instructions", "unseen task", "held-out (nli)"
+    ]  # fmt: skip
+    assert len(groups["held-in"]) == 10 and "tiny_reverse_word" not in groups["held-in"]
+    assert groups["unseen task"] == {"tiny_restaurant_reviews": "tiny_restaurant_reviews_zs_opt"}
+    assert groups["held-out (nli)"] == {
+        "tiny_height_nli": "tiny_height_nli_zs_opt",
+        "tiny_location_nli": "tiny_location_nli_zs_opt",
+    }
+    new = groups["unseen instructions"]
+    assert new["tiny_topic_unseen_inst"] == "tiny_topic_unseen_inst_zs_opt"
+    assert all(b.removesuffix("_unseen_inst") in groups["held-in"] for b in new)
+    # the whole collection minus a cluster: held-in and that cluster only
+    groups = demo.generalisation_groups("flan_tiny_minus_math", "flan_tiny", "math")
+    assert list(groups) == ["held-in", "held-out (math)"] and len(groups["held-in"]) == 15
 
 
 def _demo_macros(gin_file: str) -> dict:
@@ -91,6 +142,7 @@ def _demo_macros(gin_file: str) -> dict:
 def test_demo_gins_hold_out_their_cluster_and_share_every_setting_but_the_model():
     t5, decoder = (_demo_macros(f"experiments/flan_tiny_{m}.gin") for m in ("t5", "decoder"))
     for macros in (t5, decoder):
-        assert macros["MIXTURE_OR_TASK_NAME"] == f"flan_tiny_minus_{macros['HELD_OUT_CLUSTER']}"
+        cluster = macros["HELD_OUT_CLUSTER"]
+        assert macros["MIXTURE_OR_TASK_NAME"] == f"flan_tiny_demo_minus_{cluster}"
         assert macros["TRAIN_STEPS"] % macros["CHECKPOINT_PERIOD"] == 0  # a final checkpoint
     assert {**t5, "MODEL_DIR": None} == {**decoder, "MODEL_DIR": None}
