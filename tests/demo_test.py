@@ -7,6 +7,7 @@ import pytest
 
 import gin
 from flan_jax import demo, registry
+from flan_jax.data import mixtures
 from flan_jax.evaluate import TaskResult
 
 GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
@@ -115,7 +116,7 @@ def test_generalisation_groups_of_the_demo_mixtures():
     assert list(groups) == [
         "held-in", "unseen instructions", "unseen task", "held-out (nli)"
     ]  # fmt: skip
-    assert len(groups["held-in"]) == 10 and "tiny_reverse_word" not in groups["held-in"]
+    assert len(groups["held-in"]) == 9 and "tiny_reverse_word" not in groups["held-in"]
     assert groups["unseen task"] == {"tiny_restaurant_reviews": "tiny_restaurant_reviews_zs_opt"}
     assert groups["held-out (nli)"] == {
         "tiny_height_nli": "tiny_height_nli_zs_opt",
@@ -146,3 +147,33 @@ def test_demo_gins_hold_out_their_cluster_and_share_every_setting_but_the_model(
         assert macros["MIXTURE_OR_TASK_NAME"] == f"flan_tiny_demo_minus_{cluster}"
         assert macros["TRAIN_STEPS"] % macros["CHECKPOINT_PERIOD"] == 0  # a final checkpoint
     assert {**t5, "MODEL_DIR": None} == {**decoder, "MODEL_DIR": None}
+
+
+def test_cluster_mixtures_add_clusters_in_member_order_at_their_rates():
+    registry.register_all()
+    got = demo.cluster_mixtures("flan_tiny_demo_minus_nli", (1, 2, 7))
+    assert got[1] == ("flan_tiny_demo_minus_nli_1_clusters", ["sentiment"])
+    assert got[2][1] == ["sentiment", "topic"]
+    assert got[7][1] == [
+        "sentiment", "topic", "paraphrase", "reading_comp", "string_edit", "counting", "comparison"
+    ]  # fmt: skip
+    rates = mixtures.mixture_rates("flan_tiny_demo_minus_nli_2_clusters")
+    assert rates == {"tiny_product_reviews_zs_opt": 1500.0, "tiny_topic_zs_opt": 1500.0}
+    with pytest.raises(ValueError, match="asks for 8 clusters"):
+        demo.cluster_mixtures("flan_tiny_demo_minus_nli", (8,))
+
+
+def test_pooled_row_scaling_table_and_plot(tmp_path):
+    results = {"a": _ranked([2, 2, 2, 2], hits=4), "b": _ranked([4] * 6, hits=3)}
+    row = demo.pooled_row(results, ["a", "b"])
+    lo, hi = demo.wilson_interval(7, 10)
+    assert row == {
+        "n": 10, "value": 70.0, "lo": lo, "hi": hi, "chance": 35.0, "above_chance": True
+    }  # fmt: skip
+    rows = [{"k": 1, "clusters": ["sentiment"], **row}]
+    assert demo.format_scaling(rows, "nli acc").splitlines() == [
+        "clusters  n         nli acc  95% interval    chance  >chance  trained on",
+        "       1  10           70.0  [ 39.7,  89.2]    35.0      yes  sentiment",
+    ]
+    demo.plot_scaling(rows * 2, "nli", str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
