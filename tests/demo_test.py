@@ -1,6 +1,7 @@
 """The demo's table (which variant each task is evaluated with, chance levels, group means)
 and its two gin files."""
 
+import json
 import pathlib
 
 import pytest
@@ -10,7 +11,8 @@ from flan_jax import demo, registry
 from flan_jax.data import mixtures
 from flan_jax.evaluate import TaskResult
 
-GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GIN_DIR = ROOT / "gin"
 DEMO_MACROS = (
     "HELD_OUT_CLUSTER",
     "MODEL_DIR",
@@ -177,3 +179,17 @@ def test_pooled_row_scaling_table_and_plot(tmp_path):
     ]
     demo.plot_scaling(rows * 2, "nli", str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("variant", ["t5"])
+def test_readme_prints_the_committed_run_of_the_shipped_settings(variant):
+    """README's demo table is `format_rows` of a real run's demo_results.json (committed in
+    docs/), and that run used the settings the demo gin ships."""
+    results = json.loads((ROOT / "docs" / f"demo_results_{variant}.json").read_text())
+    macros = _demo_macros(f"experiments/flan_tiny_{variant}.gin")
+    assert results["train_steps"] == macros["TRAIN_STEPS"]
+    assert results["mixture"] == macros["MIXTURE_OR_TASK_NAME"]
+    assert results["feature_lengths"] == macros["TASK_FEATURE_LENGTHS"]
+    readme = (ROOT / "README.md").read_text()
+    assert demo.format_rows(results["rows"]) in readme
+    assert f"{results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} CPU seconds" in readme
