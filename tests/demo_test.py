@@ -181,7 +181,7 @@ def test_pooled_row_scaling_table_and_plot(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("variant", ["t5"])
+@pytest.mark.parametrize("variant", ["t5", "decoder"])
 def test_readme_prints_the_committed_run_of_the_shipped_settings(variant):
     """README's demo table is `format_rows` of a real run's demo_results.json (committed in
     docs/), and that run used the settings the demo gin ships."""
