@@ -38,6 +38,7 @@ setuptools.setup(
         "tensorboard>=2.20,<2.22",
         "pyyaml>=6",
         "numpy>=1.26",
+        "matplotlib>=3.8",  # the demo's cluster-scaling plot (flan-jax report's figures too)
     ],
     extras_require={
         "test": [

@@ -1,16 +1,19 @@
 """The demo's table (which variant each task is evaluated with, chance levels, group means)
 and its two gin files."""
 
+import json
 import pathlib
 
 import pytest
 
 import gin
 from flan_jax import registry
-from flan_jax.cli import demo
+from flan_jax.cli import demo, demo_scaling
+from flan_jax.data import mixtures
 from flan_jax.evaluation.evaluate import TaskResult
 
-GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GIN_DIR = ROOT / "gin"
 DEMO_MACROS = (
     "HELD_OUT_CLUSTER",
     "MODEL_DIR",
@@ -66,20 +69,74 @@ def test_task_rows_chance_levels_and_group_means():
         "generated": 1,
         "before": 25.0,
         "after": 75.0,
+        "lo": pytest.approx(30.06, abs=0.01),  # Wilson, 3 of 4
+        "hi": pytest.approx(95.44, abs=0.01),
+        "above_chance": False,  # 30.06 < 37.5
     }
     assert (gen["eval"], gen["n"], gen["before"], gen["after"]) == (demo.GREEDY, 4, 0.0, 50.0)
     assert gen["chance"] == 50.0  # always answering "1"
-    assert rank_mean["task"] == "held-in mean (1 tasks)" and rank_mean["after"] == 75.0
-    assert [r["task"] for r in rows] == ["cls", "gen", *["held-in mean (1 tasks)"] * 2]
+    assert rank_mean["task"] == "held-in (1 tasks)" and rank_mean["after"] == 75.0
+    assert [r["task"] for r in rows] == ["cls", "gen", *["held-in (1 tasks)"] * 2]
     assert rows[3]["eval"] == demo.GREEDY and rows[3]["chance"] == 50.0
     text = demo.format_rows(rows)
     assert text.splitlines()[0].split() == [
-        "task", "cluster", "eval", "n", "before", "after", "chance"
+        "task", "cluster", "eval", "n", "before", "after", "95%", "interval", "chance", ">chance"
     ]  # fmt: skip
     assert "37.5" in text and "-- held-in" in text
 
 
+def test_group_rows_pool_examples_and_weigh_tasks_by_n():
+    before = {"a": _generated(["1"] * 10, 0.0), "b": _generated(["1", "2"] * 15, 0.0)}
+    after = {"a": _generated(["1"] * 10, 100.0), "b": _generated(["1", "2"] * 15, 50.0)}
+    rows = demo.build_table({"g": {"x": "a", "y": "b"}}, before, after)
+    pooled = rows[2]
+    assert (pooled["task"], pooled["n"]) == ("g (2 tasks)", 40)
+    assert pooled["after"] == 62.5  # (10 + 15) / 40, not the task mean 75
+    assert pooled["chance"] == 62.5  # (10 * 100 + 30 * 50) / 40
+    lo, hi = demo.wilson_interval(25, 40)
+    assert (pooled["lo"], pooled["hi"]) == (lo, hi) and not pooled["above_chance"]
+    assert not rows[0]["above_chance"]  # 10 of 10, but always answering "1" does as well
+
+
+def test_wilson_interval_exact_values():
+    got = {
+        (h, n): tuple(round(x, 2) for x in demo.wilson_interval(h, n))
+        for h, n in [(9, 10), (0, 10), (10, 10), (50, 100), (95, 100)]
+    }
+    assert got == {
+        (9, 10): (59.58, 98.21),
+        (0, 10): (0.0, 27.75),
+        (10, 10): (72.25, 100.0),
+        (50, 100): (40.38, 59.62),
+        (95, 100): (88.82, 97.85),
+    }
+    assert demo.wilson_interval(0, 0) == (0.0, 100.0)
+
+
+def test_generalisation_groups_of_the_demo_mixtures():
+    registry.register_all()
+    groups = demo.generalisation_groups("flan_tiny_demo_minus_nli", "flan_tiny_demo_eval", "nli")
+    assert list(groups) == [
+        "held-in", "unseen instructions", "unseen task", "held-out (nli)"
+    ]  # fmt: skip
+    assert len(groups["held-in"]) == 9 and "tiny_reverse_word" not in groups["held-in"]
+    assert groups["unseen task"] == {"tiny_restaurant_reviews": "tiny_restaurant_reviews_zs_opt"}
+    assert groups["held-out (nli)"] == {
+        "tiny_height_nli": "tiny_height_nli_zs_opt",
+        "tiny_location_nli": "tiny_location_nli_zs_opt",
+    }
+    new = groups["unseen instructions"]
+    assert new["tiny_topic_unseen_inst"] == "tiny_topic_unseen_inst_zs_opt"
+    assert all(b.removesuffix("_unseen_inst") in groups["held-in"] for b in new)
+    # the whole collection minus a cluster: held-in and that cluster only
+    groups = demo.generalisation_groups("flan_tiny_minus_math", "flan_tiny", "math")
+    assert list(groups) == ["held-in", "held-out (math)"] and len(groups["held-in"]) == 15
+
+
 def _demo_macros(gin_file: str) -> dict:
+    from flan_jax.cli import gin_flags
+
+    gin_flags.use_safe_system_path_check()  # a runs/ folder (make demo's) in the cwd is fine
     gin.clear_config()
     gin.add_config_file_search_path(str(GIN_DIR))
     gin.parse_config_files_and_bindings([str(GIN_DIR / gin_file)], [], finalize_config=False)
@@ -92,6 +149,52 @@ def _demo_macros(gin_file: str) -> dict:
 def test_demo_gins_hold_out_their_cluster_and_share_every_setting_but_the_model():
     t5, decoder = (_demo_macros(f"experiments/flan_tiny_{m}.gin") for m in ("t5", "decoder"))
     for macros in (t5, decoder):
-        assert macros["MIXTURE_OR_TASK_NAME"] == f"flan_tiny_minus_{macros['HELD_OUT_CLUSTER']}"
+        cluster = macros["HELD_OUT_CLUSTER"]
+        assert macros["MIXTURE_OR_TASK_NAME"] == f"flan_tiny_demo_minus_{cluster}"
         assert macros["TRAIN_STEPS"] % macros["CHECKPOINT_PERIOD"] == 0  # a final checkpoint
     assert {**t5, "MODEL_DIR": None} == {**decoder, "MODEL_DIR": None}
+
+
+def test_cluster_mixtures_add_clusters_in_member_order_at_their_rates():
+    registry.register_all()
+    got = demo_scaling.cluster_mixtures("flan_tiny_demo_minus_nli", (1, 2, 7))
+    assert got[1] == ("flan_tiny_demo_minus_nli_1_clusters", ["sentiment"])
+    assert got[2][1] == ["sentiment", "topic_classification"]
+    assert got[7][1] == [
+        "sentiment", "topic_classification", "paraphrase", "reading_comprehension", "string_edit",
+        "counting", "comparison",
+    ]  # fmt: skip
+    rates = mixtures.mixture_rates("flan_tiny_demo_minus_nli_2_clusters")
+    assert rates == {"tiny_product_reviews_zs_opt": 1500.0, "tiny_topic_zs_opt": 1500.0}
+    with pytest.raises(ValueError, match="asks for 8 clusters"):
+        demo_scaling.cluster_mixtures("flan_tiny_demo_minus_nli", (8,))
+
+
+def test_pooled_row_scaling_table_and_plot(tmp_path):
+    results = {"a": _ranked([2, 2, 2, 2], hits=4), "b": _ranked([4] * 6, hits=3)}
+    row = demo_scaling.pooled_row(results, ["a", "b"])
+    lo, hi = demo.wilson_interval(7, 10)
+    assert row == {
+        "n": 10, "value": 70.0, "lo": lo, "hi": hi, "chance": 35.0, "above_chance": True
+    }  # fmt: skip
+    rows = [{"k": 1, "clusters": ["sentiment"], **row}]
+    assert demo_scaling.format_scaling(rows, "nli acc").splitlines() == [
+        "clusters  n         nli acc  95% interval    chance  >chance  trained on",
+        "       1  10           70.0  [ 39.7,  89.2]    35.0      yes  sentiment",
+    ]
+    demo_scaling.plot_scaling(rows * 2, "nli", str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("variant", ["t5", "decoder"])
+def test_readme_prints_the_committed_run_of_the_shipped_settings(variant):
+    """README's demo table is `format_rows` of a real run's demo_results.json (committed in
+    docs/), and that run used the settings the demo gin ships."""
+    results = json.loads((ROOT / "docs" / f"demo_results_{variant}.json").read_text())
+    macros = _demo_macros(f"experiments/flan_tiny_{variant}.gin")
+    assert results["train_steps"] == macros["TRAIN_STEPS"]
+    assert results["mixture"] == macros["MIXTURE_OR_TASK_NAME"]
+    assert results["feature_lengths"] == macros["TASK_FEATURE_LENGTHS"]
+    readme = (ROOT / "README.md").read_text()
+    assert demo.format_rows(results["rows"]) in readme
+    assert f"{results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} CPU seconds" in readme

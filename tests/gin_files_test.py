@@ -84,4 +84,4 @@ def test_include_works_beside_a_runs_folder(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))  # as `python -m` puts the working directory
     args = gin_flags.parse(["--gin_file=experiments/flan_tiny_t5.gin"], "flan_jax.cli.demo")
     assert args.gin_file == ["experiments/flan_tiny_t5.gin"]
-    assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "flan_tiny_minus_nli"
+    assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "flan_tiny_demo_minus_nli"

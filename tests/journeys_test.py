@@ -138,6 +138,8 @@ SKIPPED = {  # command prefix -> why no test runs it
         "tests/eval_suite_report_test.py::test_suite_opt_iml_end_to_end runs the opt_iml suite"
     ),
     "make test": "is this test suite",
+    ".venv/bin/flan-jax demo --gin.demo.DemoConfig.cluster_scaling": "trains one model per "
+    "cluster count (minutes); tests/demo_test.py checks its mixtures, pooled rows, table and PNG",
     "flan-jax mixture stats flan2021": "tests/data_cli_test.py::test_mixture_stats_flan2021_"
     "without_the_data runs it",
     "flan-jax mixture stats flan2022 --decontaminate": "reads every FLAN 2022 source (minutes); "

@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import importlib
 import json
+import math
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ from jax.sharding import Mesh
 
 from flan_jax import partitioning
 from flan_jax.checkpoints.manager import CheckpointConfig
+from flan_jax.data import tasks as tasks_lib
 from flan_jax.evaluation import evaluate
 from flan_jax.model.decoding import DecodeConfig
 from flan_jax.training import input_pipeline, optimizer, train, train_state
@@ -27,6 +29,7 @@ from flan_jax.training.input_pipeline import DataConfig
 from flan_jax.training.optimizer import OptimizerConfig
 
 RANK, GREEDY = "rank acc", "greedy EM"
+HELD_IN, NEW_INSTRUCTIONS, NEW_TASK = "held-in", "unseen instructions", "unseen task"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -34,21 +37,36 @@ class DemoConfig:
     """What the before/after table evaluates.
 
     Attributes:
-      held_out_cluster: the cluster left out of training (the mixture is flan_tiny_minus_<it>).
-      full_mixture: the mixture that holds every cluster.
+      held_out_cluster: the cluster left out of training (the mixture is
+        <full_mixture>_minus_<it>).
+      full_mixture: the mixture that holds every trained cluster.
+      eval_mixture: every task the table evaluates (None: full_mixture); a task outside the
+        training mixture is sorted into a generalisation level (see `generalisation_groups`).
       max_examples: validation examples per task per evaluation.
       eval_batch_size: rows per scoring / decoding batch.
       tasks_per_group: evaluate only the first N tasks (by name) of each group, held-in and
         held-out; None: all. A quick run's switch (the journey test uses 1).
+      cluster_scaling: instead of the table, FLAN 2021's cluster-scaling ablation: for each k,
+        train a fresh model on the first k clusters of the training mixture and evaluate the
+        held-out cluster (e.g. (1, 2, 4, 7)); None: off. See `run_cluster_scaling`.
     """
 
     held_out_cluster: str = "nli"
-    full_mixture: str = "flan_tiny"
+    full_mixture: str = "flan_tiny_demo"
+    eval_mixture: str | None = "flan_tiny_demo_eval"
     max_examples: int = 32
     eval_batch_size: int = 32
     tasks_per_group: int | None = None
+    cluster_scaling: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        if self.cluster_scaling is not None:
+            object.__setattr__(self, "cluster_scaling", tuple(self.cluster_scaling))
+            if not self.cluster_scaling or min(self.cluster_scaling) < 1:
+                raise ValueError(
+                    f"DemoConfig.cluster_scaling ({self.cluster_scaling}) must list cluster "
+                    "counts >= 1, e.g. (1, 2, 4, 7), or be None (off)"
+                )
         if self.max_examples < 1 or self.eval_batch_size < 1:
             raise ValueError(
                 f"DemoConfig.max_examples ({self.max_examples}) and eval_batch_size "
@@ -71,6 +89,50 @@ def eval_task_names(mixture: str) -> dict[str, str]:
             if name.endswith(suffix) and not (suffix == "_zs_noopt" and base + "_zs_opt" in names):
                 out[base] = name
     return out
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion, in percent (95% for z=1.96).
+
+    Example: 9 hits of 10 -> (59.6, 98.2); 0 of 10 -> (0.0, 27.8); n=0 -> (0.0, 100.0).
+    """
+    if n == 0:
+        return 0.0, 100.0
+    p = hits / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100.0 * max(0.0, center - half), 100.0 * min(1.0, center + half)
+
+
+def generalisation_groups(
+    trained: str, evaluated: str, held_out_cluster: str
+) -> dict[str, dict[str, str]]:
+    """Sorts the evaluated tasks into OPT-IML's generalisation levels, plus unseen instructions.
+
+    A task of the training mixture is `held-in` (its validation examples are unseen); one
+    that reads the same source as a trained task under other templates is `unseen
+    instructions`; one of a trained cluster is `unseen task`; the rest are `held-out
+    (<cluster>)`, one group per cluster, `held_out_cluster` first. Empty groups are dropped.
+    Returns {group: {base task: the variant evaluated (see `eval_task_names`)}}.
+    """
+    held_in = eval_task_names(trained)
+    specs = {v: tasks_lib.get_task_spec(v) for v in held_in.values()}
+    sources = {repr(s.source) for s in specs.values()}
+    clusters = {s.cluster for s in specs.values()}
+    groups: dict[str, dict[str, str]] = {HELD_IN: held_in, NEW_INSTRUCTIONS: {}, NEW_TASK: {}}
+    groups[f"held-out ({held_out_cluster})"] = {}
+    for base, variant in eval_task_names(evaluated).items():
+        if base in held_in:
+            continue
+        spec = tasks_lib.get_task_spec(variant)
+        if repr(spec.source) in sources:
+            group = NEW_INSTRUCTIONS
+        elif spec.cluster in clusters:
+            group = NEW_TASK
+        else:
+            group = f"held-out ({spec.cluster})"
+        groups.setdefault(group, {})[base] = variant
+    return {g: names for g, names in groups.items() if names}
 
 
 def task_row(result: evaluate.TaskResult) -> dict[str, Any]:
@@ -99,7 +161,13 @@ def task_row(result: evaluate.TaskResult) -> dict[str, Any]:
     return {"eval": GREEDY, "n": n, "value": value, "chance": chance, "generated": n}
 
 
-def _evaluate(model, params, names: dict[str, str], data, mesh, demo, label: str) -> dict:
+def _with_interval(row: dict) -> dict:
+    """Adds the 95% Wilson interval of `after` (lo, hi) and whether it excludes chance."""
+    lo, hi = wilson_interval(round(row["after"] * row["n"] / 100.0), row["n"])
+    return {**row, "lo": lo, "hi": hi, "above_chance": lo > row["chance"]}
+
+
+def evaluate_variants(model, params, names: dict[str, str], data, mesh, demo, label: str) -> dict:
     """{task variant: TaskResult} over every task the table shows."""
     t0 = time.perf_counter()
     print(f"demo: evaluating {len(names)} tasks {label} ({demo.max_examples} examples each)...")
@@ -122,20 +190,24 @@ def _evaluate(model, params, names: dict[str, str], data, mesh, demo, label: str
 
 
 def _mean_row(group: str, kind: str, members: list[dict]) -> dict:
-    mean = {k: sum(r[k] for r in members) / len(members) for k in ("before", "after", "chance")}
-    return {
-        "group": group,
-        "task": f"{group} mean ({len(members)} tasks)",
-        "cluster": "-",
-        "eval": kind,
-        "n": sum(r["n"] for r in members),
-        "generated": sum(r["generated"] for r in members),
-        **mean,
-    }
+    """The group's pooled row: every example of its tasks counted once (a mean weighted by n)."""
+    n = sum(r["n"] for r in members)
+    pooled = {k: sum(r[k] * r["n"] for r in members) / n for k in ("before", "after", "chance")}
+    return _with_interval(
+        {
+            "group": group,
+            "task": f"{group} ({len(members)} tasks)",
+            "cluster": "-",
+            "eval": kind,
+            "n": n,
+            "generated": sum(r["generated"] for r in members),
+            **pooled,
+        }
+    )
 
 
 def build_table(groups: dict[str, dict[str, str]], before: dict, after: dict) -> list[dict]:
-    """Rows: each task of each group, then the group's mean per evaluation kind."""
+    """Rows: each task of each group, then the group's pooled row per evaluation kind."""
     rows = []
     for group, names in groups.items():
         task_rows = []
@@ -144,7 +216,9 @@ def build_table(groups: dict[str, dict[str, str]], before: dict, after: dict) ->
             row["before"] = row.pop("value")
             row["after"] = task_row(after[variant])["value"]
             task_rows.append(
-                {"group": group, "task": variant, "cluster": before[variant].cluster, **row}
+                _with_interval(
+                    {"group": group, "task": variant, "cluster": before[variant].cluster, **row}
+                )
             )
         rows.extend(task_rows)
         for kind in (RANK, GREEDY):
@@ -155,22 +229,37 @@ def build_table(groups: dict[str, dict[str, str]], before: dict, after: dict) ->
 
 
 def format_rows(rows: list[dict]) -> str:
-    """The table as text: task, cluster, eval, n, before, after, chance (percent)."""
-    header = ["task", "cluster", "eval", "n", "before", "after", "chance"]
+    """The table as text: task, cluster, eval, n, before, after, its 95% interval, chance
+    (percent), and whether the interval lies above chance."""
+    header = [
+        "task",
+        "cluster",
+        "eval",
+        "n",
+        "before",
+        "after",
+        "95% interval",
+        "chance",
+        ">chance",
+    ]
     body = [
         [
             r["task"],
             r["cluster"],
             r["eval"],
             str(r["n"]),
-            *(f"{r[k]:.1f}" for k in ("before", "after", "chance")),
+            f"{r['before']:.1f}",
+            f"{r['after']:.1f}",
+            f"[{r['lo']:.1f}, {r['hi']:.1f}]",
+            f"{r['chance']:.1f}",
+            "yes" if r["above_chance"] else "no",
         ]
         for r in rows
     ]
     widths = [max(len(x[i]) for x in [header, *body]) for i in range(len(header))]
     fmt = lambda cells: "  ".join(
         c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-    )
+    ).rstrip()
     lines, group = [fmt(header)], None
     for r, cells in zip(rows, body):
         if r["group"] != group:
@@ -206,14 +295,20 @@ def run_demo(
             f"--gin.MIXTURE_OR_TASK_NAME=\"'{want}'\""
         )
     importlib.import_module(mixture_or_task_module or "flan_jax.registry")
-    held_in = eval_task_names(data.mixture_or_task_name)
-    every = eval_task_names(demo.full_mixture)
-    held_out = {b: v for b, v in every.items() if b not in held_in}
-    groups = {"held-in": held_in, f"held-out ({demo.held_out_cluster})": held_out}
+    groups = generalisation_groups(
+        data.mixture_or_task_name, demo.eval_mixture or demo.full_mixture, demo.held_out_cluster
+    )
     if demo.tasks_per_group is not None:
         groups = {g: dict(sorted(n.items())[: demo.tasks_per_group]) for g, n in groups.items()}
-        held_in, held_out = groups.values()
-    names = held_in | held_out
+    if demo.cluster_scaling:
+        held_out = groups[f"held-out ({demo.held_out_cluster})"]
+        kwargs = dict(model=model, data=data, mesh=mesh, optimizer_config=optimizer_config)
+        from flan_jax.cli import demo_scaling
+
+        return demo_scaling.run_cluster_scaling(
+            **kwargs, checkpoint=checkpoint, run=run, demo=demo, held_out=held_out
+        )
+    names = {k: v for g in groups.values() for k, v in g.items()}
     converter = model.feature_converter_cls(pack=data.pack)
     shapes = input_pipeline.model_input_shapes(data, converter)
     tx = optimizer.make_optimizer(optimizer_config)
@@ -222,7 +317,7 @@ def run_demo(
         init = train_state.init_params(
             model, shapes, jax.random.PRNGKey(run.seed), shardings["params"]
         )
-        before = _evaluate(model, init, names, data, mesh, demo, "before tuning")
+        before = evaluate_variants(model, init, names, data, mesh, demo, "before tuning")
     print(f"demo: training {run.train_steps} steps on {data.mixture_or_task_name}", flush=True)
     state = train.train(
         model=model,
@@ -241,7 +336,7 @@ def run_demo(
         )
         return []
     with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
-        after = _evaluate(model, state["params"], names, data, mesh, demo, "after tuning")
+        after = evaluate_variants(model, state["params"], names, data, mesh, demo, "after tuning")
     if jax.process_index() == 0:
         evaluate.write_results(run.model_dir, 0, before)
         evaluate.write_results(run.model_dir, run.train_steps, after)

@@ -34,7 +34,7 @@ def _system_path_file_exists(path: str) -> bool:
         return False
 
 
-def _use_safe_system_path_check() -> None:
+def use_safe_system_path_check() -> None:
     """Swaps gin's sys.path existence check for `_system_path_file_exists` (idempotent).
 
     gin has no public way to replace the check of a registered reader, so this edits its
@@ -163,7 +163,7 @@ def parse(
     leaves them unset (`_inherit_run_config`); `args.run_config` is its path (or None) and
     `args.run_macros` the run's RUN_MACROS.
     """
-    _use_safe_system_path_check()
+    use_safe_system_path_check()
     gin.clear_config()  # an in-process second run (tests, notebooks) starts from nothing
     rest, macro_flags = split_gin_flags(argv)
     args = (parser or make_parser(prog)).parse_args(rest)
