@@ -132,6 +132,8 @@ def test_fused_model_loss_and_grads_match_einsum(name, dtype, monkeypatch):
         return real_attend(q, k, v, q_seg, kv_seg, prefix, relpos, causal, backend)
 
     monkeypatch.setattr(fused_attention, "attend", spy)
+    # on CPU the model takes the einsum (faster here); force the fused path to test it
+    monkeypatch.setattr(fused_attention, "worth_it", lambda backend=None: True)
 
     def grad(model):
         return jax.jit(jax.value_and_grad(lambda p: model.loss_fn(p, batch, None)[0]))(params)

@@ -281,11 +281,11 @@ def _attend(
     """Softmax attention; q [b,q,H,d], k/v [b,k,K,d] (H = K * groups), bias [b|1, H|1, q, k].
 
     An AttentionMask `bias` (impl 'fused') goes to the backend's fused kernel
-    (flan_jax.model.fused_attention); `dropout` (applied to the attention probabilities, as T5X)
-    forces the einsum path.
+    (flan_jax.model.fused_attention) where one beats the einsum (`fused_attention.worth_it`: GPU,
+    TPU); `dropout` (applied to the attention probabilities, as T5X) forces the einsum path.
     """
     if isinstance(bias, AttentionMask):
-        if dropout is None:
+        if dropout is None and fused_attention.worth_it():
             m = bias
             return fused_attention.attend(
                 query, key, value, m.q_segments, m.kv_segments, m.prefix, m.relpos, m.causal
