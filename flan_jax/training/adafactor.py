@@ -1,12 +1,13 @@
 """Adafactor with T5's defaults as one computation per parameter, keeping optax.adafactor's state.
 
 optax.adafactor chains five transformations (factored RMS, block-RMS clipping, learning rate,
-parameter scale, sign flip), each a separate tree map. The arithmetic is the same here; what
-differs is the parameter scale: optax's `scale_by_param_block_rms` takes a gradient-safe RMS
-that reduces every parameter twice, the second reduction waiting on the first, so an update
-reads all parameters one extra time. Here each parameter is reduced once, beside the squared
-gradient's row and column means, and the scalar factors (clipping, learning rate, parameter
-scale) are folded into one multiplier before the last elementwise pass.
+parameter scale, sign flip), each a separate tree map. The arithmetic here is the same, op for
+op and in the same order, so updates and states are bitwise equal (tests/adafactor_test.py).
+What differs is the parameter scale: optax's `scale_by_param_block_rms` takes a gradient-safe
+RMS that reduces every parameter twice, the second reduction reading a materialised
+`where(rms <= floor, 1, param)` copy and waiting on the first; here each parameter is reduced
+once, independently of the gradient's statistics. On CPU that removes about 3 of the ~14
+parameter-sized memory passes of an update (BENCHMARKS.md, "Adafactor update").
 
 The state is optax.adafactor's own (its `init`), so checkpoints, optimizer-state shardings
 (partitioning.opt_state_shardings) and restores are interchangeable between the two.
@@ -66,7 +67,7 @@ def adafactor(
     epsilon: float = 1e-30,
     min_parameter_scale: float = 1e-3,
 ) -> optax.GradientTransformation:
-    """optax.adafactor(learning_rate, ...) without momentum, computed leaf by leaf in one go.
+    """optax.adafactor(learning_rate, ...) without momentum, computed leaf by leaf.
 
     Same arguments and defaults as optax.adafactor (`epsilon` is its `eps`,
     `min_parameter_scale` the floor of scale_by_param_block_rms) and the same state tree.
@@ -87,13 +88,12 @@ def adafactor(
             grad, v_row, v_col, v, decay,
             min_dim_size_to_factor=min_dim_size_to_factor, epsilon=epsilon,
         )  # fmt: skip
-        scale = jnp.asarray(lr, grad.dtype)
         if clipping_threshold is not None:
             rms = jnp.sqrt(jnp.mean(update * update))
-            scale = scale / jnp.maximum(1.0, rms / clipping_threshold)
+            update = update / jnp.maximum(1.0, rms / clipping_threshold)
+        update = jnp.asarray(lr, grad.dtype) * update
         if multiply_by_parameter_scale:
-            scale = scale * jnp.maximum(jnp.sqrt(jnp.mean(param * param)), min_parameter_scale)
-        update = update * scale
+            update = update * jnp.maximum(jnp.sqrt(jnp.mean(param * param)), min_parameter_scale)
         if weight_decay_rate is not None:
             update = update + weight_decay_rate * param
         return -update, moments
