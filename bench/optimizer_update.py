@@ -4,7 +4,7 @@ Times one jitted `tx.update` + `optax.apply_updates` (parameters and optimizer s
 as in the train step) on a model's float32 parameters for: optax.adafactor as flan_jax
 configured it before (OptimizerConfig(implementation="optax")), flan_jax's Adafactor
 (flan_jax.training.adafactor, the default) and, with --t5x_path, T5X's own Adafactor with the
-same hyperparameters. The implementations alternate call by call (A B C A B C ...) so that a
+same hyperparameters. The implementations alternate call by call (A B C, B C A, ...) so that a
 shared machine's drift hits each alike; the table gives min and median ms per update and the
 median ratio to optax. Then the whole train step (the default optimizer) is timed the same way
 and the update's share of it reported. "passes" is XLA's cost-analysis count of bytes the
@@ -102,10 +102,12 @@ def update_fns(cfg: optimizer.OptimizerConfig, t5x_path: str | None):
 
 
 def alternate(calls: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each `calls[name]()`, called in turn; the first round is a warm-up."""
-    times = {name: [] for name in calls}
+    """Seconds per call of each `calls[name]()`, called in turn, the first of a round rotating
+    (A B C, B C A, ...: none always follows the same one); the first round is a warm-up."""
+    times, names = {name: [] for name in calls}, list(calls)
     for i in range(repeats + 1):
-        for name, call in calls.items():
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            call = calls[name]
             start = time.perf_counter()
             call()
             if i:
