@@ -18,10 +18,12 @@ Modes:
           the clock) and read back by plain seqio tasks: mixing + packing cost only
           (`_write_cache` / `_register_cached`; a stand-in for `flan-jax cache` + USE_CACHED)
 
-Columns: register_s (task + mixture registration), first_batch_s (building the dataset and
-its iterator + the first batch), ex_per_s (steady, over --batches batches after the first),
-ex_per_s_core (that / host cores), rss_mib (peak RSS, VmHWM), rss_reg_mib (RSS after
-registration).
+Columns: register_s (task + mixture registration), build_s (seqio mixture + converter + batch
+dataset and its iterator), first_batch_s (build + the first batch), ex_per_s (steady, over
+--batches batches after the first), ex_per_s_core (that / host cores); *_cpu_s / ex_per_cpu_s:
+the same in CPU seconds of the process (all its threads: steadier than wall time on a shared
+machine); rss_peak_mib (peak RSS, VmHWM), rss_mib (that minus the RSS after imports, before
+registration), rss_reg_mib (RSS added by registration).
 """
 
 from __future__ import annotations
@@ -224,15 +226,18 @@ def run_one(mode: str, root: pathlib.Path, batches: int, vocabulary: str) -> dic
         mixture_or_task_name=name, task_feature_lengths=LENGTHS, batch_size=BATCH_SIZE
     )
     converter = input_pipeline.make_converter(seqio.EncDecFeatureConverter, config)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     it = iter(input_pipeline.get_train_dataset(config, converter))
     record["build_s"] = time.perf_counter() - start
+    record["build_cpu_s"] = time.process_time() - cpu
     first = next(it)
     record["first_batch_s"] = time.perf_counter() - start
-    examples, start = 0, time.perf_counter()
+    record["first_batch_cpu_s"] = time.process_time() - cpu
+    examples, start, cpu = 0, time.perf_counter(), time.process_time()
     for _ in range(batches):
         examples += _examples_in({k: v.numpy() for k, v in next(it).items()})
     seconds = time.perf_counter() - start
+    record["ex_per_cpu_s"] = examples / (time.process_time() - cpu)
     return record | {
         "tasks": len(seqio.get_mixture_or_task(name).tasks),
         "ex_per_batch": _examples_in({k: v.numpy() for k, v in first.items()}),
@@ -337,9 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             "tasks",
             "register_s",
             "build_s",
+            "build_cpu_s",
             "first_batch_s",
+            "first_batch_cpu_s",
             "ex_per_s",
             "ex_per_s_core",
+            "ex_per_cpu_s",
             "rss_reg_mib",
             "rss_mib",
             "rss_peak_mib",
