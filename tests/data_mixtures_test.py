@@ -278,3 +278,50 @@ def test_shares_after_packing_match_rates(converter, lengths, key):
         assert abs(shares[tag] - expected[tag]) < 0.02, (tag, shares, expected)
     # Packing really happened: several examples share a row.
     assert batch["decoder_segment_ids"].max() >= 2
+
+
+def test_plain_seqio_members_are_looked_up_without_the_unknown_name_search(monkeypatch):
+    """Cluster, base name, source and rate of a plain seqio task come from an O(1) lookup: the
+    closest-names error (difflib over every registered name) cost ~0.2 s per task per lookup,
+    ~36 s to register a 100-task mixture of plain tasks (BENCHMARKS.md "Mixture scale")."""
+    vocab = seqio.ByteVocabulary()
+    features = {k: seqio.Feature(vocab) for k in ("inputs", "targets")}
+    plain = ["mx_plain_p", "mx_plain_q"]
+    for name, n in zip(plain, (50, 700), strict=True):
+        source = seqio.FunctionDataSource(
+            lambda split, shuffle_files: None, splits=["train"], num_input_examples={"train": n}
+        )
+        seqio.TaskRegistry.add(name, source, output_features=features)
+    try:
+        assert tasks.find_task_spec("m_a_zs_noopt").name == "m_a"
+        assert tasks.find_task_spec("m_a").cluster == "x"
+        assert tasks.find_task_spec("mx_plain_p") is None
+        with pytest.raises(ValueError, match=r"unknown task 'm_a_zs_nopt'; closest: \['m_a_zs"):
+            tasks.get_task_spec("m_a_zs_nopt")
+        assert [opt_iml.cluster_of(t) for t in ("mx_plain_p", "m_c_zs_noopt")] == [None, "z"]
+        assert [opt_iml.base_task(t) for t in ("mx_plain_p", "m_c_zs_noopt")] == [
+            "mx_plain_p",
+            "m_c",
+        ]
+        assert opt_iml.source_key("mx_plain_q") == ("seqio", "mx_plain_q")
+
+        def searched(*args):
+            raise AssertionError(f"unknown-name search for {args[1]!r}")
+
+        monkeypatch.setattr(tasks, "unknown_name_error", searched)
+        assert mixtures.register_mixture_spec(
+            {"name": "mx_plain", "members": [*plain, "m_a"], "cap": 500, "held_out": "all"}
+        ) == ["mx_plain", "mx_plain_minus_x"]
+        assert mixtures.mixture_rates("mx_plain") == {
+            "mx_plain_p": 50.0,
+            "mx_plain_q": 500.0,
+            "m_a_zs_noopt": 100.0,
+        }
+        assert mixtures.mixture_rates("mx_plain_minus_x") == {
+            "mx_plain_p": 50.0,
+            "mx_plain_q": 500.0,
+        }
+    finally:
+        mixtures.unregister_mixture("mx_plain")
+        for name in plain:
+            seqio.TaskRegistry.remove(name)

@@ -318,6 +318,32 @@ def test_t5_vocabulary_from_data_dir(monkeypatch):
     assert np.array_equal(v.decode(ids), "translate English to German: The house is wonderful.")
 
 
+@needs_data
+def test_t5_vocabulary_shares_one_tf_tokenizer_with_seqio_ids(monkeypatch, tmp_path):
+    """Every dataset captures the same tokenizer (one SentencePiece kernel for N tasks, not
+    one per traced map) and the ids equal seqio's own SentencePieceVocabulary's."""
+    import pickle
+
+    monkeypatch.delenv("FLAN_JAX_VOCAB", raising=False)
+    v = vocab.get_vocabulary("t5")
+    plain = seqio.SentencePieceVocabulary(v.sentencepiece_model_file, extra_ids=100)
+    texts = ["translate English to German: The house is wonderful.", "Ünï\ncode  x"]
+    maps = [tf.data.Dataset.from_tensor_slices(texts).map(v.encode_tf) for _ in range(2)]
+    want = [plain.encode_tf(t).numpy().tolist() for t in texts]
+    assert want[0] == [13959, 1566, 12, 2968, 10, 37, 629, 19, 1627, 5]
+    assert [[x.tolist() for x in ds.as_numpy_iterator()] for ds in maps] == [want, want]
+    assert v.tf_tokenizer is v.tf_tokenizer
+    assert plain.tf_tokenizer is not plain.tf_tokenizer  # what seqio does
+    again = pickle.loads(pickle.dumps(v))
+    assert again == v and again.encode(texts[0]) == want[0]
+    it = iter(maps[0])
+    next(it)
+    path = tf.train.Checkpoint(iterator=it).write(str(tmp_path / "it"))
+    resumed = iter(maps[0])
+    tf.train.Checkpoint(iterator=resumed).read(path).assert_consumed()
+    assert next(resumed).numpy().tolist() == want[1]
+
+
 def test_host_shards_are_disjoint_and_cover_the_split(registered):
     task = seqio.get_mixture_or_task("t_review_zs_noopt")
     lengths = {"inputs": 64, "targets": 16}

@@ -163,10 +163,7 @@ def member_tasks(spec: MixtureSpec) -> list[str]:
 
 def task_rate(task_name: str, cap: int, temperature: float = 1.0) -> float:
     """min(num train examples, cap) ** (1 / temperature) (recorded counts without the data)."""
-    try:
-        spec = tasks_lib.get_task_spec(task_name)
-    except ValueError:  # a plain seqio task: its own recorded size
-        spec = None
+    spec = tasks_lib.find_task_spec(task_name)  # None: a plain seqio task (its own size)
     if spec is not None:  # a malformed data file fails here, naming the file and line
         n = tasks_lib.count_examples(spec, "train")
     else:

@@ -87,27 +87,23 @@ def parse_proportions(
 
 def cluster_of(task_name: str) -> str | None:
     """The cluster of a registered variant (None for tasks not made from a TaskSpec)."""
-    try:
-        return tasks_lib.get_task_spec(task_name).cluster
-    except ValueError:
-        return None
+    spec = tasks_lib.find_task_spec(task_name)
+    return None if spec is None else spec.cluster
 
 
 def base_task(task_name: str) -> str:
     """The TaskSpec name of a registered variant (the name itself for plain seqio tasks)."""
-    try:
-        return tasks_lib.get_task_spec(task_name).name
-    except ValueError:
-        return task_name
+    spec = tasks_lib.find_task_spec(task_name)
+    return task_name if spec is None else spec.name
 
 
 def source_key(task_name: str) -> tuple:
     """What identifies a variant's data: its source type, TFDS builder (no version), files or
     generator function and arguments. Variants of one TaskSpec share it."""
-    try:
-        source = tasks_lib.get_task_spec(task_name).source
-    except ValueError:
+    spec = tasks_lib.find_task_spec(task_name)
+    if spec is None:
         return ("seqio", task_name)
+    source = spec.source
     if source.type == "tfds":
         return ("tfds", source.name.split(":")[0])
     if source.type == "function":

@@ -106,18 +106,16 @@ def _has_data(task: str, split: str) -> bool:
         vocabulary.encode("a")  # loads the model
     except FileNotFoundError:  # e.g. the SentencePiece model without $FLAN_JAX_DATA_DIR
         return False
-    try:
-        spec = tasks.get_task_spec(task)
-    except ValueError:  # a plain seqio task (e.g. a benchmark): its own source decides
+    spec = tasks.find_task_spec(task)
+    if spec is None:  # a plain seqio task (e.g. a benchmark): its own source decides
         return True
     return task_examples.has_data(spec, split)
 
 
 def _count(task: str) -> int:
     """Train examples of a task variant; recorded sizes are checked against data present."""
-    try:
-        spec = tasks.get_task_spec(task)
-    except ValueError:  # a plain seqio task (e.g. a benchmark), not from a spec
+    spec = tasks.find_task_spec(task)
+    if spec is None:  # a plain seqio task (e.g. a benchmark), not from a spec
         return seqio.get_mixture_or_task(task).num_input_examples("train") or 0
     tasks.check_recorded_sizes(spec)
     return tasks.count_examples(spec, "train")
@@ -229,9 +227,8 @@ def sampled_lengths(name: str, split: str = "train", sample: int = 300) -> dict[
     for task, rate in sorted(rates.items(), key=lambda item: -item[1]):  # largest first
         if time.monotonic() > deadline:  # hundreds of TFDS tasks: a share is enough
             break
-        try:
-            spec = tasks.get_task_spec(task)
-        except ValueError:  # not from a spec: its own seqio pipeline, not sampled here
+        spec = tasks.find_task_spec(task)
+        if spec is None:  # not from a spec: its own seqio pipeline, not sampled here
             continue
         count = max(1, round(sample * rate / total))
         fmt = task[len(spec.name) + 1 :]
@@ -266,9 +263,8 @@ def stand_in_tasks(name: str) -> dict[str, str]:
     names = [t.name for t in seqio.get_subtasks(provider)] if hasattr(provider, "tasks") else [name]
     out = {}
     for variant in names:
-        try:
-            spec = tasks.get_task_spec(variant)
-        except ValueError:  # a plain seqio task
+        spec = tasks.find_task_spec(variant)
+        if spec is None:  # a plain seqio task
             continue
         if spec.stand_in_for:
             out[variant] = spec.stand_in_for

@@ -1,0 +1,369 @@
+"""Mixture scale benchmark: registration time, time to first batch, steady examples/s and peak
+memory against the number of tasks in a mixture (issue 19 item 2).
+
+    python -m bench.mixture_scale                          # 10,100,500,2000 tasks, both modes
+    python -m bench.mixture_scale --quick                  # 10,100 tasks, fewer batches
+    python -m bench.mixture_scale --sizes 10,100 --modes inproc
+
+Each (mode, size) runs in a fresh subprocess, so its peak RSS is its own. The synthetic tasks
+are templated classification tasks written as YAML specs + JSONL files to a temp folder and
+registered through `flan_jax.registry.register_dir` (the path a user's folder takes); each spec
+has two formats (zs_opt, fs_opt), so N tasks are N/2 specs. The mixture over them is
+examples-proportional with a cap, and the batches come from the trainer's own
+`input_pipeline.get_train_dataset` (seqio mixture -> best-fit packing -> batches).
+
+Modes:
+  inproc  templating + few-shot + tokenisation in process (the default pipeline)
+  cached  the same examples pre-tokenized once to TFRecords in seqio's cache layout (outside
+          the clock) and read back by plain seqio tasks: mixing + packing cost only
+          (`_write_cache` / `_register_cached`; a stand-in for `flan-jax cache` + USE_CACHED)
+
+Columns: register_s (task + mixture registration), build_s (seqio mixture + converter + batch
+dataset and its iterator), first_batch_s (build + the first batch), ex_per_s (steady, over
+--batches batches after the first), ex_per_s_core (that / host cores); *_cpu_s / ex_per_cpu_s:
+the same in CPU seconds of the process (all its threads: steadier than wall time on a shared
+machine); rss_peak_mib (peak RSS, VmHWM), rss_mib (that minus the RSS after imports, before
+registration), rss_reg_mib (RSS added by registration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from bench import common
+
+BENCH_DIR = pathlib.Path(__file__).resolve().parent
+DEFAULT_SIZES = (10, 100, 500, 2000)
+QUICK_SIZES = (10, 100)
+MODES = ("inproc", "cached")
+FORMATS = ("zs_opt", "fs_opt")
+TRAIN_SIZES = (60, 120, 240, 480)  # per spec, cycled; the cap below cuts the largest
+CAP = 300
+LENGTHS = {"inputs": 256, "targets": 64}
+BATCH_SIZE = 16
+OPTIONS = ("yes", "no", "maybe")
+WORDS = (
+    "cat dog tree house river apple chair light music paper stone green happy quick table "
+    "garden window bread cloud storm silver orange candle pencil rocket forest island winter"
+).split()
+MIXTURE = "scale_mix"
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident set size of this process (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_mib() -> float:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def write_specs(root: pathlib.Path, num_tasks: int, vocabulary: str) -> list[str]:
+    """N/2 task specs (YAML + JSONL train/validation files) and one mixture spec under `root`.
+
+    Spec i has its own three templates and `TRAIN_SIZES[i % 4]` train examples (sentences of
+    seeded random words, answer one of OPTIONS); returns the spec names.
+    """
+    if num_tasks % len(FORMATS):
+        raise SystemExit(f"--sizes must be multiples of {len(FORMATS)} (formats {FORMATS})")
+    names = []
+    for i in range(num_tasks // len(FORMATS)):
+        name = f"scale_task_{i:05d}"
+        rng = random.Random(i)
+        for split, n in (("train", TRAIN_SIZES[i % len(TRAIN_SIZES)]), ("validation", 20)):
+            with open(root / f"{name}.{split}.jsonl", "w") as f:
+                for _ in range(n):
+                    text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40)))
+                    f.write(json.dumps({"text": text, "label": rng.choice(OPTIONS)}) + "\n")
+        spec = {
+            "name": name,
+            "cluster": f"cluster_{i % 20}",
+            "source": {
+                "type": "jsonl",
+                "splits": {s: f"{name}.{s}.jsonl" for s in ("train", "validation")},
+            },
+            "fields": {"text": "text", "answer": "label"},
+            "options": list(OPTIONS),
+            "templates": [
+                {
+                    "inputs": f"Task {i}: {{text}}\n\nIs it true?\n\n{{options_}}",
+                    "targets": "{answer}",
+                },
+                {
+                    "inputs": f"{{text}}\nQuestion {i}: does this hold?\n{{options_}}",
+                    "targets": "{answer}",
+                },
+                {"inputs": f"Read ({i}): {{text}}\n{{options_}}", "targets": "{answer}"},
+            ],
+            "formats": list(FORMATS),
+            "vocabulary": vocabulary,
+        }
+        (root / f"{name}.yaml").write_text(json.dumps(spec))  # JSON is YAML
+        names.append(name)
+    mixture = {"name": MIXTURE, "members": names, "cap": CAP}
+    (root / f"{MIXTURE}.yaml").write_text(json.dumps(mixture))
+    return names
+
+
+# --- cached mode: pre-tokenized TFRecords in seqio's cache layout ------------------------------
+# Kept apart so it can switch to the real cache reader (`flan-jax cache`, USE_CACHED) later.
+
+
+def _write_cache(task_names: list[str], cache_dir: pathlib.Path) -> dict[str, int]:
+    """Tokenizes each registered task's train split once and writes
+    `cache_dir/<task>/train.tfrecord-00000-of-00001` (seqio's layout); returns task -> count."""
+    import seqio
+    import tensorflow as tf
+
+    counts = {}
+    for name in task_names:
+        task = seqio.get_mixture_or_task(name)
+        ds = task.get_dataset({"inputs": LENGTHS["inputs"], "targets": 10**6}, shuffle=False)
+        folder = cache_dir / name
+        folder.mkdir(parents=True, exist_ok=True)
+        n = 0
+        with tf.io.TFRecordWriter(str(folder / "train.tfrecord-00000-of-00001")) as writer:
+            for ex in ds.as_numpy_iterator():
+                feature = {
+                    k: tf.train.Feature(int64_list=tf.train.Int64List(value=ex[k].tolist()))
+                    for k in ("inputs", "targets")
+                }
+                writer.write(
+                    tf.train.Example(
+                        features=tf.train.Features(feature=feature)
+                    ).SerializeToString()
+                )
+                n += 1
+        counts[name] = n
+    return counts
+
+
+def _register_cached(counts: dict[str, int], cache_dir: pathlib.Path, vocabulary: str) -> str:
+    """Plain seqio tasks reading the pre-tokenized files, mixed examples-proportionally."""
+    import seqio
+    import tensorflow as tf
+
+    from flan_jax.data import mixtures, vocab
+
+    v = vocab.get_vocabulary(vocabulary)
+    features = {k: seqio.Feature(v, add_eos=True) for k in ("inputs", "targets")}
+    description = {
+        k: tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True)
+        for k in ("inputs", "targets")
+    }
+    to_int32 = seqio.map_over_dataset(lambda ex: {k: tf.cast(t, tf.int32) for k, t in ex.items()})
+    names = []
+    for name, n in counts.items():
+        cached = f"{name}_cached"
+        source = seqio.TFExampleDataSource(
+            {"train": str(cache_dir / name / "train.tfrecord-*")},
+            feature_description=description,
+            num_input_examples={"train": n},
+        )
+        seqio.TaskRegistry.add(cached, source, output_features=features, preprocessors=[to_int32])
+        names.append(cached)
+    name = f"{MIXTURE}_cached"
+    mixtures.register_mixture_spec({"name": name, "members": names, "cap": CAP})
+    return name
+
+
+# --- one (mode, size) in this process ----------------------------------------------------------
+
+
+def _examples_in(batch) -> int:
+    """Examples packed into a batch: the highest segment id of each row, summed."""
+    return int(batch["decoder_segment_ids"].max(axis=1).sum())
+
+
+def _prepare_cache(root: pathlib.Path, vocabulary: str) -> None:
+    """Registers the in-process tasks under `root` and writes their cache (a separate process,
+    so the measured one holds none of the in-process pipeline's memory)."""
+    import flan_jax.registry as registry
+
+    task_names, _ = registry.register_dir(root / "specs")
+    counts = _write_cache(task_names, root / "cache")
+    (root / "cache" / "counts.json").write_text(json.dumps(counts))
+
+
+def run_one(mode: str, root: pathlib.Path, batches: int, vocabulary: str) -> dict[str, Any]:
+    """Registers the mixture, builds the trainer's pipeline and times its batches."""
+    import seqio
+
+    import flan_jax.registry as registry
+    from flan_jax.data import packing
+    from flan_jax.training import input_pipeline
+
+    record: dict[str, Any] = {"mode": mode, "vocabulary": vocabulary}
+    rss_base = _rss_mib()
+    start = time.perf_counter()
+    if mode == "cached":
+        counts = json.loads((root / "cache" / "counts.json").read_text())
+        name = _register_cached(counts, root / "cache", vocabulary)
+    else:
+        name = registry.register_dir(root / "specs")[1][0]
+    record["register_s"] = time.perf_counter() - start
+    record["rss_reg_mib"] = _rss_mib() - rss_base
+    config = input_pipeline.DataConfig(
+        mixture_or_task_name=name, task_feature_lengths=LENGTHS, batch_size=BATCH_SIZE
+    )
+    converter = input_pipeline.make_converter(seqio.EncDecFeatureConverter, config)
+    start, cpu = time.perf_counter(), time.process_time()
+    it = iter(input_pipeline.get_train_dataset(config, converter))
+    record["build_s"] = time.perf_counter() - start
+    record["build_cpu_s"] = time.process_time() - cpu
+    first = next(it)
+    record["first_batch_s"] = time.perf_counter() - start
+    record["first_batch_cpu_s"] = time.process_time() - cpu
+    examples, start, cpu = 0, time.perf_counter(), time.process_time()
+    for _ in range(batches):
+        examples += _examples_in({k: v.numpy() for k, v in next(it).items()})
+    seconds = time.perf_counter() - start
+    record["ex_per_cpu_s"] = examples / (time.process_time() - cpu)
+    return record | {
+        "tasks": len(seqio.get_mixture_or_task(name).tasks),
+        "ex_per_batch": _examples_in({k: v.numpy() for k, v in first.items()}),
+        "ex_per_s": examples / seconds,
+        "ex_per_s_core": examples / seconds / common.host_cores(),
+        "rss_mib": _peak_rss_mib() - rss_base,
+        "rss_peak_mib": _peak_rss_mib(),
+        "packing": packing.PackingConfig().method,
+    }
+
+
+def _resolve_vocabulary(name: str) -> str:
+    from flan_jax.data import vocab
+
+    if name != "auto":
+        return name
+    return "t5" if os.path.isfile(vocab.t5_vocab_path()) else "byte"
+
+
+def _child(args) -> int:
+    root = pathlib.Path(args.root)
+    if args.prepare_cache:
+        _prepare_cache(root, args.vocabulary)
+        return 0
+    record = run_one(args.mode, root, args.batches, args.vocabulary)
+    print("RESULT " + json.dumps(record), flush=True)
+    return 0
+
+
+def _run_child(args, *flags: str) -> str | None:
+    cmd = [sys.executable, "-m", "bench.mixture_scale", "--child", *flags]
+    cmd += ["--batches", str(args.batches), "--vocabulary", args.vocabulary]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=BENCH_DIR.parent, check=False)
+    if proc.returncode:
+        print(f"{flags}: exit {proc.returncode}\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return proc.stdout
+
+
+def bench_size(size: int, modes: list[str], args) -> list[dict[str, Any]]:
+    """Both modes at one size, each measured in a fresh process over the same spec folder."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mixture_scale_") as tmp:
+        root = pathlib.Path(tmp)
+        (root / "specs").mkdir()
+        write_specs(root / "specs", size, args.vocabulary)
+        for mode in modes:
+            if mode == "cached":
+                start = time.perf_counter()
+                if _run_child(args, "--root", tmp, "--prepare_cache") is None:
+                    continue
+                cache_s = time.perf_counter() - start
+            start = time.perf_counter()
+            out = _run_child(args, "--root", tmp, "--mode", mode)
+            lines = [x for x in (out or "").splitlines() if x.startswith("RESULT ")]
+            if not lines:
+                continue
+            record = json.loads(lines[-1][len("RESULT ") :])
+            record["wall_s"] = time.perf_counter() - start
+            if mode == "cached":
+                record["cache_write_s"] = cache_s
+            print(f"{mode} {size}: {json.dumps(record)}", flush=True)
+            rows.append(record)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", help="comma list of task counts (default 10,100,500,2000)")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma list of {MODES}")
+    parser.add_argument("--quick", action="store_true", help="sizes 10,100 and 10 batches")
+    parser.add_argument("--batches", type=int, default=None, help="steady batches (default 40)")
+    parser.add_argument("--vocabulary", default="auto", help="t5, byte, or auto (t5 if found)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare_cache", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    args.batches = args.batches or (10 if args.quick else 40)
+    args.vocabulary = _resolve_vocabulary(args.vocabulary)
+    if args.child:
+        return _child(args)
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
+    sizes = sizes or list(QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    modes = args.modes.split(",")
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"unknown mode(s) {unknown}; known: {MODES}")
+    rows = [r for size in sizes for r in bench_size(size, modes, args)]
+    print(
+        f"\nhost cores: {common.host_cores()}; vocabulary {args.vocabulary}; feature lengths "
+        f"{LENGTHS}; batch {BATCH_SIZE}; {len(FORMATS)} formats per spec; cap {CAP}"
+    )
+    common.print_table(
+        "Mixture scale: registration, first batch, steady rate, peak memory",
+        rows,
+        [
+            "mode",
+            "tasks",
+            "register_s",
+            "build_s",
+            "build_cpu_s",
+            "first_batch_s",
+            "first_batch_cpu_s",
+            "ex_per_s",
+            "ex_per_s_core",
+            "ex_per_cpu_s",
+            "rss_reg_mib",
+            "rss_mib",
+            "rss_peak_mib",
+            "wall_s",
+        ],
+    )
+    config = {
+        "sizes": sizes,
+        "modes": modes,
+        "batches": args.batches,
+        "vocabulary": args.vocabulary,
+    }
+    path = common.append_result("mixture_scale", {"config": config, "rows": rows})
+    print(f"\nappended to {path}")
+    return 0 if len(rows) == len(modes) * len(sizes) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
