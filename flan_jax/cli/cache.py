@@ -48,7 +48,13 @@ def _parser() -> argparse.ArgumentParser:
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """(our flags, Beam's pipeline options); Beam's must be --flags."""
     args, beam_args = _parser().parse_known_args(list(argv))
-    stray = [a for a in beam_args if not a.startswith("-")]
+    # a bare word is the value of the Beam flag before it (`--project p`), else a stray
+    stray = [
+        a
+        for i, a in enumerate(beam_args)
+        if not a.startswith("-")
+        and not (i and beam_args[i - 1].startswith("--") and "=" not in beam_args[i - 1])
+    ]
     if stray:
         raise ValueError(
             f"unexpected argument {stray[0]!r}: give one task or mixture name (got "
@@ -93,10 +99,14 @@ def _tasks(name: str):
     from flan_jax.data import tasks as tasks_lib
 
     known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
-    if name not in known:
+    specs = tasks_lib.registered_specs()
+    if name not in known | set(specs):
         error = tasks_lib.unknown_name_error("task or mixture", name, sorted(known))
         raise ValueError(f"{error}; {tasks_lib.specs_hint(name, flag='--specs')}")
-    members = cache_lib.member_tasks(name)
+    if name in specs and name not in known:  # a spec's base name: all its format variants
+        members = [seqio.get_mixture_or_task(v) for v in sorted(specs[name].variant_names)]
+    else:
+        members = cache_lib.member_tasks(name)
     cacheable = [t for t in members if t.supports_caching]
     skipped = [t.name for t in members if not t.supports_caching]
     if not cacheable:

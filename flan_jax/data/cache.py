@@ -138,36 +138,45 @@ def changed_parts(saved: Mapping[str, str], current: Mapping[str, str]) -> list[
     return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
 
 
-def check_cached(name: str, cache_dirs: Sequence[str], splits: Iterable[str]) -> None:
+def use_caches(name: str, cache_dir: str | None, splits: Sequence[str]) -> None:
+    """Makes seqio read `name`'s caches from `cache_dir` (added to seqio's global cache dirs)
+    and checks them (`check_cached`); a repeated call with the same arguments is free."""
+    if cache_dir and cache_dir not in seqio.get_global_cache_dirs():
+        seqio.add_global_cache_dirs([cache_dir])
+    key = (name, cache_dir, tuple(splits))
+    if key not in _CHECKED:
+        check_cached(name, splits, cache_dir=cache_dir)
+        _CHECKED.add(key)
+
+
+_CHECKED: set[tuple] = set()
+
+
+def check_cached(name: str, splits: Iterable[str], *, cache_dir: str | None = None) -> None:
     """Raises ValueError unless every task of `name` has a complete, current cache of `splits`.
 
-    Each message names the task, what is wrong and the `flan-jax cache` command that fixes it.
-    The caches are looked up in `cache_dirs` (and seqio's global cache dirs), in order.
+    The cache checked is the one seqio reads (the first of seqio's global cache dirs that
+    holds the task). Each message names the task, what is wrong and the `flan-jax cache`
+    command that fixes it (into `cache_dir`, else the first global cache dir).
     """
-    dirs = list(dict.fromkeys([*cache_dirs, *seqio.get_global_cache_dirs()]))
-    fix = cache_command(name, dirs[0] if dirs else None)
+    dirs = seqio.get_global_cache_dirs()
+    fix = cache_command(name, cache_dir or (dirs[0] if dirs else None))
     if not dirs:
         raise ValueError(
-            f"USE_CACHED=True but no cache folder is set; pass CACHE_DIR (--gin.CACHE_DIR="
-            f"\"'DIR'\") after building the caches with `{fix}`"
+            "USE_CACHED=True but no cache folder is set; add --gin.CACHE_DIR=\"'DIR'\" after "
+            f"building the caches with `{fix}`"
         )
     for task in member_tasks(name):
         if not task.supports_caching:
             raise ValueError(
                 f"task {task.name!r} (of {name!r}) cannot be cached (its source forbids it or it "
-                "has no CacheDatasetPlaceholder); train with USE_CACHED=False"
+                "has no CacheDatasetPlaceholder); run with USE_CACHED=False"
             )
-        found = next(
-            (
-                d
-                for d in (task_cache_dir(root, task.name) for root in dirs)
-                if tf.io.gfile.exists(os.path.join(d, "COMPLETED"))
-            ),
-            None,
-        )
+        found = task.cache_dir
         if found is None:
             raise ValueError(
-                f"no cache of task {task.name!r} (of {name!r}) in {dirs}; build it with `{fix}`"
+                f"no cache of task {task.name!r} (of {name!r}) in {list(dirs)}; build it with "
+                f"`{fix}`"
             )
         missing = [
             s
