@@ -6,6 +6,7 @@ from them. `DRY_RUN=1` prints the exact command and the tasks instead of running
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import sys
@@ -91,6 +92,14 @@ def _check_dataflow(args: argparse.Namespace, beam_args: Sequence[str]) -> None:
         )
 
 
+def register(spec_dirs: Sequence[str]) -> None:
+    """Registers flan_jax's tasks and the spec folders `spec_dirs` (run on every Beam worker)."""
+    import flan_jax.registry as registry
+
+    for folder in spec_dirs:
+        registry.register_dir(folder)
+
+
 def _tasks(name: str):
     """The cacheable tasks of `name` and the names of those that are not."""
     import seqio
@@ -160,10 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dry_run = os.environ.get("DRY_RUN", "0")
     if dry_run not in ("0", "1"):
         raise ValueError(f"DRY_RUN={dry_run} must be 0 or 1")
-    import flan_jax.registry as registry  # registration on demand
-
-    for folder in args.specs:
-        registry.register_dir(folder)
+    register(args.specs)  # registration on demand
     tasks, skipped = _tasks(args.name)
     for name in skipped:
         print(f"skipping {name}: not cacheable", file=sys.stderr)
@@ -188,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.output_dir,
             pipeline_args=pipeline_args,
             num_shards=args.num_shards,
-            spec_dirs=[os.path.abspath(s) for s in args.specs],
+            setup_fn=functools.partial(register, tuple(os.path.abspath(s) for s in args.specs)),
         )
         for task, task_dir in zip(todo, dirs):
             counts = {s: _cached_examples(task_dir, s) for s in task.splits}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -35,14 +35,6 @@ MAX_SHARDS = READ_BLOCK  # more files than the cycle and the unshuffled read ord
 Unit = tuple[str, str, int, int]  # (task, split, source shard, number of source shards)
 
 
-def register_specs(spec_dirs: Sequence[str]) -> None:
-    """Registers flan_jax's tasks and the spec folders `spec_dirs` (on every Beam worker)."""
-    import flan_jax.registry as registry  # noqa: PLC0415  (only workers that get here)
-
-    for folder in spec_dirs:
-        registry.register_dir(folder)
-
-
 def shard_path(prefix: str, shard: int, num_shards: int) -> str:
     """seqio's cached file name: PREFIX-00001-of-00004."""
     return f"{prefix}-{shard:05d}-of-{num_shards:05d}"
@@ -54,11 +46,11 @@ class _Preprocess(beam.DoFn):
     RenderedSource shard i of n holds rows i, i+n, ...: its row j is row j*n + i of the split.
     """
 
-    def __init__(self, spec_dirs: Sequence[str], num_files: int):
-        self._spec_dirs, self._num_files = tuple(spec_dirs), num_files
+    def __init__(self, setup_fn: Callable[[], None], num_files: int):
+        self._setup_fn, self._num_files = setup_fn, num_files
 
     def setup(self):
-        register_specs(self._spec_dirs)
+        self._setup_fn()
 
     def process(self, unit: Unit) -> Iterator[tuple[tuple[str, str, int], tuple[int, dict]]]:
         name, split, shard, num_source_shards = unit
@@ -113,12 +105,11 @@ class _WriteFile(beam.DoFn):
     """Writes one output file (its examples sorted by position); yields the split's key with
     the file's stats and the features of its first example."""
 
-    def __init__(self, output_dir: str, num_files: int, spec_dirs: Sequence[str]):
-        self._output_dir, self._num_files = output_dir, num_files
-        self._spec_dirs = tuple(spec_dirs)
+    def __init__(self, output_dir: str, num_files: int, setup_fn: Callable[[], None]):
+        self._output_dir, self._num_files, self._setup_fn = output_dir, num_files, setup_fn
 
     def setup(self):
-        register_specs(self._spec_dirs)
+        self._setup_fn()
 
     def process(self, element):
         (name, split, file), keyed = element
@@ -178,12 +169,13 @@ def run(
     *,
     pipeline_args: Sequence[str],
     num_shards: int,
-    spec_dirs: Sequence[str] = (),
+    setup_fn: Callable[[], None] = lambda: None,
 ) -> list[str]:
     """Caches `tasks` (every split) into `output_dir` on Beam; returns the task folders.
 
     `num_shards` is the number of TFRecord files per split (1..16); `pipeline_args` are Beam's
-    (`--runner=DirectRunner`, Dataflow's --project, ...); `spec_dirs` are registered on workers.
+    (`--runner=DirectRunner`, Dataflow's --project, ...); `setup_fn` runs once per worker before
+    it looks tasks up (the caller's registration; picklable: a module-level function).
     """
     if not 1 <= num_shards <= MAX_SHARDS:
         raise ValueError(f"num_shards ({num_shards}) must be in 1..{MAX_SHARDS}")
@@ -200,9 +192,9 @@ def run(
             pipeline
             | "units" >> beam.Create(units)
             | "reshuffle_units" >> beam.Reshuffle()  # spread the source shards over workers
-            | "preprocess" >> beam.ParDo(_Preprocess(spec_dirs, num_shards))
+            | "preprocess" >> beam.ParDo(_Preprocess(setup_fn, num_shards))
             | "by_file" >> beam.GroupByKey()
-            | "write_files" >> beam.ParDo(_WriteFile(output_dir, num_shards, spec_dirs))
+            | "write_files" >> beam.ParDo(_WriteFile(output_dir, num_shards, setup_fn))
             | "by_split" >> beam.GroupByKey()
             | "merge" >> beam.MapTuple(lambda key, parts: (key, _merge_files(parts)))
             | "write_split"
