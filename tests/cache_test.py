@@ -128,6 +128,20 @@ def test_cached_examples_equal_on_the_fly(built, fresh_lookup, name):
         assert [x.decode() for x in cached["train"][0]["options"]] == ["bad", "good"]
 
 
+def test_eval_reads_the_cache(built, fresh_lookup):
+    """`flan-jax eval` with USE_CACHED=True (EvalConfig.use_cached) loads the same examples."""
+    from flan_jax.evaluation import inference
+
+    task = seqio.get_mixture_or_task(VARIANTS[3])
+    fly = inference.load_examples(task, None, ALL_LENGTHS, None)
+    cached = inference.load_examples(
+        task, None, ALL_LENGTHS, None, use_cached=True, cache_dir=str(built)
+    )
+    assert task.cache_dir == str(built / VARIANTS[3]) and len(cached) == len(fly) == 12
+    for a, b in zip(fly, cached):
+        assert all(np.array_equal(a[k], b[k]) for k in a) and sorted(a) == sorted(b)
+
+
 def tiny_model():
     from flan_jax.model import models, network
 

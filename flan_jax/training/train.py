@@ -214,7 +214,8 @@ def _check_data(model, data: DataConfig, sample: int) -> None:
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab_size is not None:
         stats.check_vocabulary(name, vocab_size)
-    if sample and jax.process_index() == 0:
+    # From caches, sampling lengths would render the very tasks the caches exist to skip.
+    if sample and jax.process_index() == 0 and not data.use_cached:
         lengths = data.task_feature_lengths
         for warning in stats.truncation_warnings(name, lengths, split=data.split, sample=sample):
             print(f"flan-jax train: warning: {warning}", file=sys.stderr, flush=True)
