@@ -9,6 +9,7 @@ what the cached examples were made from. A cache is stale when the current finge
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -49,6 +50,15 @@ def member_tasks(name: str) -> list[seqio.Task]:
 
 
 def _sha256_file(path: str) -> str:
+    """The file's sha256; hashed once per process while its size and mtime stay the same (a
+    mixture's formats share their data files)."""
+    stat = tf.io.gfile.stat(path)
+    return _sha256_file_version(path, stat.length, stat.mtime_nsec)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_file_version(path: str, length: int, mtime_nsec: int) -> str:
+    del length, mtime_nsec  # the cache key
     h = hashlib.sha256()
     with tf.io.gfile.GFile(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -107,10 +117,14 @@ def task_fingerprint(task: seqio.Task) -> dict[str, str]:
         spec = tasks.get_task_spec(task.name)
     except ValueError:  # not a spec task
         return parts
-    code = "".join((_DATA_DIR / f"{m}.py").read_text() for m in _RENDER_MODULES)
-    parts["render_code"] = _sha256_text(code)
+    parts["render_code"] = _render_code_hash()
     parts.update(_spec_components(spec))
     return parts
+
+
+@functools.cache
+def _render_code_hash() -> str:
+    return _sha256_text("".join((_DATA_DIR / f"{m}.py").read_text() for m in _RENDER_MODULES))
 
 
 def _step_name(step: Any) -> str:
