@@ -27,10 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flan-jax cache",
         description=__doc__,
+        allow_abbrev=False,  # a Beam flag must never pass for an abbreviation of ours
         epilog="Other --flags are Beam pipeline options (Dataflow: --project, --region, "
         "--temp_location, --setup_file=./setup.py, --num_workers, ...).",
     )
-    parser.add_argument("name", help="a registered task or mixture (a mixture caches its tasks)")
+    parser.add_argument(
+        "name", help="a task, a spec's base name (all its formats) or a mixture (all its tasks)"
+    )
     parser.add_argument("--output_dir", required=True, help="cache folder (local or gs://)")
     parser.add_argument("--runner", default="DirectRunner", choices=RUNNERS)
     parser.add_argument(
