@@ -62,11 +62,15 @@ def write_specs(folder: pathlib.Path) -> None:
 @pytest.fixture(scope="module")
 def spec_dir(tmp_path_factory):
     import flan_jax.registry as registry
+    from flan_jax.data import mixtures
 
     folder = tmp_path_factory.mktemp("specs")
     write_specs(folder)
     registry.register_dir(folder)
-    return folder
+    yield folder
+    mixtures.unregister_mixture(MIXTURE)  # later tests in this process see the shipped specs
+    for name in (TINY, FILE):
+        tasks.unregister_task_spec(name)
 
 
 @pytest.fixture(scope="module")
