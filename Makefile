@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed setup.py
-	$(PIP) install -q -e '.[test,hf]'
+	$(PIP) install -q -e '.[test,hf,beam]'  # beam: flan-jax cache (tests/cache_test.py)
 	touch $@
 
 install: $(VENV)/.installed

@@ -54,6 +54,11 @@ setuptools.setup(
         "eval": ["rouge-score>=0.1.2", "sacrebleu>=2.4"],
         "report": ["matplotlib>=3.8"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        # `flan-jax cache` (a Beam pipeline writing seqio caches). Beam pins protobuf<7,
+        # pillow<13 and pyarrow<26: pip picks protobuf 6.33, which TF 2.21 (>=6.31.1) accepts.
+        # sentencepiece 0.2.3's generated protos need a protobuf 7 runtime (it does not say so);
+        # 0.2.2 works with either. Dataflow also needs `apache-beam[gcp]` (docs/caching.md).
+        "beam": ["apache-beam>=2.60,<3", "sentencepiece>=0.2.0,<0.2.3"],
     },
     entry_points={"console_scripts": ["flan-jax=flan_jax.cli:main"]},
 )

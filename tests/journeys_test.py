@@ -115,9 +115,13 @@ IN_PROCESS = {  # command prefix -> (flags added to keep it fast, a string its o
     "flan-jax tasks show glue_rte --format fs_opt -n 1": ("", "glue_rte_fs_opt"),
     "flan-jax mixture stats flan_tiny --feature_lengths": (" --sample 8", "== flan_tiny"),
     "flan-jax mixture stats opt_iml_tiny_train": (" --sample 8", "== opt_iml_tiny_train"),
+    "DRY_RUN=1 flan-jax cache flan2022": ("", "--runner=DataflowRunner --project=my-project"),
 }
 WALKTHROUGH = "tests/data_cli_test.py::test_multiple_choice_walkthrough runs it"
 SUITE_DOC = "tests/eval_suite_report_test.py runs the same commands on a tiny trained run"
+CACHE_TEST = (
+    "tests/cache_test.py builds caches on the DirectRunner (a flan_tiny spec, a JSONL task)"
+)
 ERROR_LINE = "an error message shown in the docs, not a command (tests/faults_test.py checks it)"
 SKIPPED = {  # command prefix -> why no test runs it
     "flan-jax report runs/flan_tiny_t5": SUITE_DOC,
@@ -156,6 +160,14 @@ SKIPPED = {  # command prefix -> why no test runs it
     "test_adding_a_task_walkthrough runs docs/adding_a_task.md",
     "flan-jax mixture stats my_mixture --specs examples/my_task": "tests/data_cli_test.py::"
     "test_adding_a_task_walkthrough runs docs/adding_a_task.md",
+    "pip install -e '.[beam]'": "installs packages (make test installs the beam extra)",
+    "flan-jax cache tiny_arithmetic --output_dir caches": CACHE_TEST,
+    "flan-jax cache flan_tiny --output_dir caches": CACHE_TEST,
+    "flan-jax cache flan2022 --output_dir gs://": "needs a Google Cloud project and bucket; its "
+    "DRY_RUN=1 line is run here",
+    "flan-jax train --gin_file=models/t5_1_1/tiny.gin --gin_file=runs/finetune.gin "
+    "--gin.USE_CACHED=True": "tests/cache_test.py::test_training_from_cache_sees_the_same_batches "
+    "trains from a cache it builds",
 }
 TPU_DOC = "docs/tpu.md"  # every command needs gcloud and Cloud TPUs (tpu_scripts_test.py dry-runs)
 
@@ -169,7 +181,7 @@ def _how(doc: str, command: str) -> str | None:
     return None
 
 
-def test_every_doc_command_is_run_or_skipped_with_a_reason(capsys):
+def test_every_doc_command_is_run_or_skipped_with_a_reason(capsys, monkeypatch):
     """A new or changed command in the docs must be added to a table above, so it is run."""
     from flan_jax import cli
 
@@ -184,7 +196,10 @@ def test_every_doc_command_is_run_or_skipped_with_a_reason(capsys):
         if _how(doc, command) != "cli" or ("glue_rte" in command and not _has_data()):
             continue
         extra, expected = next(v for k, v in IN_PROCESS.items() if command.startswith(k))
-        assert cli.main(shlex.split(command + extra)[1:]) == 0, command
+        argv = shlex.split(command + extra)
+        while argv[0] != "flan-jax":  # leading VAR=value assignments (DRY_RUN=1)
+            monkeypatch.setenv(*argv.pop(0).split("=", 1))
+        assert cli.main(argv[1:]) == 0, command
         assert expected in capsys.readouterr().out, command
         ran += 1
     assert ran >= 3

@@ -22,6 +22,7 @@ COMMANDS = {
     "mixture": "flan_jax.cli.data",
     "demo": "flan_jax.cli.demo",
     "report": "flan_jax.cli.report",
+    "cache": "flan_jax.cli.cache",
 }
 PASS_SUBCOMMAND = ("tasks", "mixture")  # flan_jax.cli.data parses these words itself
 # What bad input raises (flags, gin, specs, data files, names): reported in two lines, exit 2.

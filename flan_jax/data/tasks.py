@@ -132,15 +132,32 @@ def _rendered_dataset(split: str, shuffle_files: bool = False, seed=None, *, spe
     return ds.map(dense)
 
 
+# How many shards `RenderedSource.list_shards` names per split: the units of work that Beam
+# spreads over workers when `flan-jax cache` preprocesses a task. Shard i holds rows i, i+n,
+# i+2n, ... of the split (in stored order when unshuffled), exactly what seqio's own
+# example-level sharding gives, so training reads the same examples whichever path seqio takes.
+SOURCE_SHARDS = 8
+
+
 class RenderedSource(seqio.FunctionDataSource):
-    """seqio's FunctionDataSource without its "uncached FunctionDataset" warning: in-memory
-    splits are shuffled whole by `_rendered_dataset`."""
+    """seqio's FunctionDataSource without its "uncached FunctionDataset" warning (in-memory
+    splits are shuffled whole by `_rendered_dataset`), with a shard listing for Beam."""
+
+    def __init__(self, dataset_fn, splits, *, num_shards: int = SOURCE_SHARDS, **kwargs):
+        super().__init__(dataset_fn, splits=splits, **kwargs)
+        self._num_shards = num_shards
+
+    def list_shards(self, split: str) -> list[str]:
+        n = self._num_shards
+        return [f"{split}-{i:05d}-of-{n:05d}" for i in range(n)]
 
     def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **unused):
         del unused  # sequence_length, use_cached, num_epochs: unused, as in the parent
+        ds = self._dataset_fn(split=split, shuffle_files=shuffle, seed=seed)
         if shard_info and shard_info.num_shards > 1:
-            raise ValueError("RenderedSource does not shard itself; seqio shards after reading")
-        return self._dataset_fn(split=split, shuffle_files=shuffle, seed=seed)
+            # after the (seeded) whole-split shuffle, as seqio shards a source it cannot split
+            ds = ds.shard(shard_info.num_shards, shard_info.index)
+        return ds
 
 
 def _prune_few_shot(dataset, sequence_length=None, output_features=None, *, spec):
@@ -201,14 +218,29 @@ def build_tasks(spec: TaskSpec, vocabulary: seqio.Vocabulary | None = None) -> l
     metric_fns, postprocess_fn = _metric_fns(spec)
     result = []
     for fmt in spec.formats:
+        # Caching is safe: rendering is a pure function of the spec, the split and each
+        # example's position (templates, options and exemplars are drawn from seeded RNGs), and
+        # tokenizing is deterministic. A function source must be a pure function of (split,
+        # args) too (flan_tiny's generators are seeded); flan_jax.data.cache fingerprints its code.
         source = RenderedSource(
             functools.partial(_rendered_dataset, spec=spec, fmt=fmt),
             splits=list(spec.source.splits),
-            caching_permitted=False,
+            caching_permitted=True,
         )
-        preprocessors = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos_after_trim]
+        preprocessors = [
+            seqio.preprocessors.tokenize,
+            seqio.CacheDatasetPlaceholder(),
+            seqio.preprocessors.append_eos_after_trim,
+        ]
         if fmt in formats_lib.FEW_SHOT_FORMATS:
-            preprocessors.insert(0, functools.partial(_prune_few_shot, spec=spec))
+            # Pruning exemplars needs the sequence length, which seqio only knows after the
+            # cache: few-shot variants cache the rendered text and tokenize after reading it.
+            preprocessors = [
+                seqio.CacheDatasetPlaceholder(),
+                functools.partial(_prune_few_shot, spec=spec),
+                seqio.preprocessors.tokenize,
+                seqio.preprocessors.append_eos_after_trim,
+            ]
         result.append(
             seqio.Task(
                 f"{spec.name}_{fmt}",

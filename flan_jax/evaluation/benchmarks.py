@@ -282,6 +282,9 @@ def _add_task(
         source=seqio.FunctionDataSource(
             _dataset_fn(make, name, template_type, cluster, options, tuple(extra_columns)),
             splits=splits,
+            # Not cached: a benchmark is read once per evaluation (a cache would save
+            # nothing), and its Python source reads files under a data dir chosen at
+            # registration (`root`) that flan_jax.data.cache's fingerprints do not cover.
             caching_permitted=False,
         ),
         output_features=features,

@@ -48,6 +48,9 @@ class EvalConfig:
         (temperature `sample_temperature`), majority vote over extracted answers.
       sample_temperature: temperature of the self-consistency samples.
       seed: seed of the sampling rng.
+      use_cached: read the tasks from their `flan-jax cache` folders (USE_CACHED in eval.gin);
+        a missing or stale cache is an error.
+      cache_dir: the folder `flan-jax cache --output_dir` wrote (CACHE_DIR).
     """
 
     batch_size: int = 8
@@ -57,6 +60,8 @@ class EvalConfig:
     num_samples: int = 1
     sample_temperature: float = 0.7
     seed: int = 0
+    use_cached: bool = False
+    cache_dir: str | None = None
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -198,7 +203,14 @@ def evaluate_task(
     log-likelihood for generated examples.
     """
     task = seqio.get_mixture_or_task(task_name)
-    examples = load_examples(task, split, feature_lengths, config.max_examples)
+    examples = load_examples(
+        task,
+        split,
+        feature_lengths,
+        config.max_examples,
+        use_cached=config.use_cached,
+        cache_dir=config.cache_dir,
+    )
     vocab = task.output_features["targets"].vocabulary
     post = task.postprocess_fn
     ranked = [i for i, ex in enumerate(examples) if _has_options(ex)]

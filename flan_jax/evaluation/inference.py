@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceShardin
 
 from flan_jax import convert, partitioning
 from flan_jax.checkpoints import manager as checkpoints
+from flan_jax.data import cache
 from flan_jax.model.decoding import DecodeConfig
 from flan_jax.partitioning import logical_to_mesh_spec
 from flan_jax.types import HostBatch
@@ -70,18 +71,28 @@ def task_split(task: seqio.Task, split: str | None) -> str:
 
 
 def load_examples(
-    task: seqio.Task, split: str | None, feature_lengths: dict[str, int], max_examples: int | None
+    task: seqio.Task,
+    split: str | None,
+    feature_lengths: dict[str, int],
+    max_examples: int | None,
+    *,
+    use_cached: bool = False,
+    cache_dir: str | None = None,
 ) -> list[dict]:
     """The task's examples (tokenized, trimmed to `feature_lengths`) as numpy dicts, in order.
 
-    `split` None: the task's own eval split (`task_split`).
+    `split` None: the task's own eval split (`task_split`). `use_cached`: read the task's
+    `flan-jax cache` folder (`cache_dir`); a missing or stale cache is a ValueError.
     """
+    split = task_split(task, split)
+    if use_cached:
+        cache.use_caches(task.name, cache_dir, [split])
     ds = task.get_dataset(
         feature_lengths,
-        split=task_split(task, split),
+        split=split,
         shuffle=False,
         num_epochs=1,
-        use_cached=False,
+        use_cached=use_cached,
     )
     if max_examples is not None:
         ds = ds.take(max_examples)

@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from flan_jax import partitioning
-from flan_jax.data import packing
+from flan_jax.data import cache, packing
 from flan_jax.types import HostBatch
 
 
@@ -31,7 +31,9 @@ class DataConfig:
       pack: pack several examples per row (segment ids and positions).
       packing: how rows are packed: best fit over a buffer (default) or seqio's greedy
         trim-and-pack (`packing.PackingConfig.method = 'greedy'` in gin).
-      use_cached: read seqio's offline cache.
+      use_cached: read seqio's offline caches (`flan-jax cache`, docs/caching.md); a missing
+        or stale cache of any task is an error (flan_jax.data.cache.check_cached).
+      cache_dir: the folder `flan-jax cache --output_dir` wrote (added to seqio's cache dirs).
       eval_split: validation split of each task used by in-training eval.
       eval_max_examples: cap per task for in-training eval (None: all).
       allow_sample_data: train on tasks whose spec says they read a small sample standing in
@@ -47,6 +49,7 @@ class DataConfig:
     pack: bool = True
     packing: packing.PackingConfig = packing.PackingConfig()
     use_cached: bool = False
+    cache_dir: str | None = None
     eval_split: str = "validation"
     eval_max_examples: int | None = 256
     allow_sample_data: bool = False
@@ -124,6 +127,8 @@ def get_train_dataset(
     batches in, which is how `TrainIterator.set_state` resumes a position exactly.
     """
     get_mixture_or_task(config.mixture_or_task_name)
+    if config.use_cached:
+        cache.use_caches(config.mixture_or_task_name, config.cache_dir, [config.split])
     ds = seqio.get_dataset(
         config.mixture_or_task_name,
         dict(config.task_feature_lengths),
@@ -314,6 +319,8 @@ def load_eval_batches(
     config: DataConfig, converter: seqio.FeatureConverter, task_name: str
 ) -> list[HostBatch]:
     """This host's share of a task's eval split as padded local batches (same count per host)."""
+    if config.use_cached:
+        cache.use_caches(task_name, config.cache_dir, [config.eval_split])
     ds = seqio.get_dataset(
         task_name,
         dict(config.task_feature_lengths),

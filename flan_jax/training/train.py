@@ -193,10 +193,12 @@ def _validate(mesh: Mesh, data: DataConfig, step: StepConfig) -> None:
 def _check_data(model, data: DataConfig, sample: int) -> None:
     """Before compiling: the vocabulary fits the embedding; warns when the feature lengths
     cut more than 2% of `sample` examples (with a suggested length)."""
-    from flan_jax.data import stats
+    from flan_jax.data import cache, stats
 
     name = data.mixture_or_task_name
     input_pipeline.get_mixture_or_task(name)  # an unknown name fails here, with its fix
+    if data.use_cached:  # a missing or stale cache fails here, before compiling
+        cache.use_caches(name, data.cache_dir, [data.split])
     if not data.allow_sample_data:
         stand_ins = stats.stand_in_tasks(name)
         if stand_ins:
@@ -212,7 +214,8 @@ def _check_data(model, data: DataConfig, sample: int) -> None:
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
     if vocab_size is not None:
         stats.check_vocabulary(name, vocab_size)
-    if sample and jax.process_index() == 0:
+    # From caches, sampling lengths would render the very tasks the caches exist to skip.
+    if sample and jax.process_index() == 0 and not data.use_cached:
         lengths = data.task_feature_lengths
         for warning in stats.truncation_warnings(name, lengths, split=data.split, sample=sample):
             print(f"flan-jax train: warning: {warning}", file=sys.stderr, flush=True)
