@@ -235,3 +235,7 @@ def test_readme_prints_the_committed_run_of_the_shipped_settings(variant):
     readme = (ROOT / "README.md").read_text()
     assert demo.format_rows(results["rows"]) in readme
     assert f"{results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} CPU seconds" in readme
+    # and its learning curve (MODEL_DIR/learning_curve.json of the same run)
+    curve = json.loads((ROOT / "docs" / f"demo_curve_{variant}.json").read_text())
+    assert curve["points"][-1]["step"] == results["train_steps"]
+    assert demo_curve.format_curve(curve["points"]) in readme
