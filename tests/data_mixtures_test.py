@@ -325,3 +325,51 @@ def test_plain_seqio_members_are_looked_up_without_the_unknown_name_search(monke
         mixtures.unregister_mixture("mx_plain")
         for name in plain:
             seqio.TaskRegistry.remove(name)
+
+
+def _template_types(task: str) -> list[str]:
+    ds = seqio.get_mixture_or_task(task).source.get_dataset("train", shuffle=False)
+    return [ex["_template_type"].decode() for ex in ds.as_numpy_iterator()]
+
+
+def test_mixture_inversion_share_registers_variants_of_its_tasks():
+    inverted = {"inputs": "give a q for {answer}", "targets": "{q}", "inverted": True}
+    spec = task_spec(
+        "m_inv", 8, "w", templates=[{"inputs": "{q}", "targets": "{answer}"}, inverted]
+    )
+    tasks.register_task_spec(spec)
+    try:
+        # FLAN 2021's rotation in the task itself: every second example is inverted
+        assert _template_types("m_inv_zs_noopt") == ["zs_noopt", "zs_noopt_inverted"] * 4
+        names = mixtures.register_mixture_spec(
+            {"name": "mx_fwd", "members": ["m_inv", "m_a"], "inversion_share": 0}
+        )
+        assert names == ["mx_fwd"]
+        assert mixtures.mixture_rates("mx_fwd") == {
+            "m_inv_fwd_zs_noopt": 8.0,
+            "m_a_zs_noopt": 100.0,  # no inverted templates: as it is
+        }
+        assert _template_types("m_inv_fwd_zs_noopt") == ["zs_noopt"] * 8
+        assert tasks.get_task_spec("m_inv_fwd").source == tasks.get_task_spec("m_inv").source
+        # a variant member maps to the variant of the derived spec; idempotent
+        mixtures.register_mixture_spec(
+            {"name": "mx_all_inv", "members": ["m_inv_zs_noopt"], "inversion_share": 1.0}
+        )
+        assert _template_types("m_inv_inv100_zs_noopt") == ["zs_noopt_inverted"] * 8
+        assert mixtures.register_mixture_spec(
+            {"name": "mx_fwd", "members": ["m_inv", "m_a"], "inversion_share": 0}
+        ) == ["mx_fwd"]
+        with pytest.raises(ValueError, match=r"inversion_share must be in \[0, 1\]"):
+            mixtures.register_mixture_spec(
+                {"name": "mx_bad", "members": ["m_a"], "inversion_share": 2}
+            )
+        # a share > 0 needs inverted templates (m_a has none)
+        with pytest.raises(ValueError, match="needs templates with `inverted: true`"):
+            mixtures.register_mixture_spec(
+                {"name": "mx_bad", "members": ["m_a"], "inversion_share": 0.5}
+            )
+    finally:
+        for name in ("mx_fwd", "mx_all_inv"):
+            mixtures.unregister_mixture(name)
+        for name in ("m_inv", "m_inv_fwd", "m_inv_inv100"):
+            tasks.unregister_task_spec(name)

@@ -8,7 +8,7 @@ import pytest
 
 import gin
 from flan_jax import registry
-from flan_jax.cli import demo, demo_scaling
+from flan_jax.cli import demo, demo_curve, demo_scaling
 from flan_jax.data import mixtures
 from flan_jax.evaluation.evaluate import TaskResult
 
@@ -119,15 +119,19 @@ def test_generalisation_groups_of_the_demo_mixtures():
     assert list(groups) == [
         "held-in", "unseen instructions", "unseen task", "held-out (nli)"
     ]  # fmt: skip
-    assert len(groups["held-in"]) == 9 and "tiny_reverse_word" not in groups["held-in"]
-    assert groups["unseen task"] == {"tiny_restaurant_reviews": "tiny_restaurant_reviews_zs_opt"}
-    assert groups["held-out (nli)"] == {
-        "tiny_height_nli": "tiny_height_nli_zs_opt",
-        "tiny_location_nli": "tiny_location_nli_zs_opt",
+    # forward templates only (the mixtures' inversion_share 0): the tasks' `_fwd` variants
+    assert len(groups["held-in"]) == 9 and "tiny_reverse_word_fwd" not in groups["held-in"]
+    assert groups["held-in"]["tiny_topic_fwd"] == "tiny_topic_fwd_zs_opt"
+    assert groups["unseen task"] == {
+        "tiny_restaurant_reviews_fwd": "tiny_restaurant_reviews_fwd_zs_opt"
     }
-    new = groups["unseen instructions"]
+    assert groups["held-out (nli)"] == {
+        "tiny_height_nli_fwd": "tiny_height_nli_fwd_zs_opt",
+        "tiny_location_nli_fwd": "tiny_location_nli_fwd_zs_opt",
+    }
+    new = groups["unseen instructions"]  # their templates have no inverted ones: as they are
     assert new["tiny_topic_unseen_inst"] == "tiny_topic_unseen_inst_zs_opt"
-    assert all(b.removesuffix("_unseen_inst") in groups["held-in"] for b in new)
+    assert all(b.replace("_unseen_inst", "_fwd") in groups["held-in"] for b in new)
     # the whole collection minus a cluster: held-in and that cluster only
     groups = demo.generalisation_groups("flan_tiny_minus_math", "flan_tiny", "math")
     assert list(groups) == ["held-in", "held-out (math)"] and len(groups["held-in"]) == 15
@@ -165,7 +169,7 @@ def test_cluster_mixtures_add_clusters_in_member_order_at_their_rates():
         "counting", "comparison",
     ]  # fmt: skip
     rates = mixtures.mixture_rates("flan_tiny_demo_minus_nli_2_clusters")
-    assert rates == {"tiny_product_reviews_zs_opt": 1500.0, "tiny_topic_zs_opt": 1500.0}
+    assert rates == {"tiny_product_reviews_fwd_zs_opt": 1500.0, "tiny_topic_fwd_zs_opt": 1500.0}
     with pytest.raises(ValueError, match="asks for 8 clusters"):
         demo_scaling.cluster_mixtures("flan_tiny_demo_minus_nli", (8,))
 
@@ -186,6 +190,39 @@ def test_pooled_row_scaling_table_and_plot(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_learning_curve_points_table_files_and_resume(tmp_path):
+    results = {
+        "a": _ranked([2, 2, 2, 2], hits=3),
+        "b": _ranked([4] * 6, hits=6),
+        "g": _generated(["1", "2", "3", "4", "5"], 40.0),
+    }
+    point = demo_curve.curve_point(500, results, ["a", "b", "g"])
+    lo, hi = demo.wilson_interval(9, 10)
+    glo, ghi = demo.wilson_interval(2, 5)
+    assert point == {
+        "step": 500,
+        demo.RANK: {"n": 10, "value": 90.0, "lo": lo, "hi": hi},
+        demo.GREEDY: {"n": 5, "value": 40.0, "lo": glo, "hi": ghi},
+    }
+    only_rank = demo_curve.curve_point(0, results, ["a"])
+    assert set(only_rank) == {"step", demo.RANK}
+    text = demo_curve.write_curve(str(tmp_path), {500: point, 0: only_rank}, plot=True)
+    assert text.splitlines() == [
+        "  step  rank acc (bar 90)           greedy EM (bar 60)",
+        "     0   75.0 [ 30.1,  95.4] n=4     -",
+        "   500   90.0 [ 59.6,  98.2] n=10     40.0 [ 11.8,  76.9] n=5",
+    ]
+    assert (tmp_path / "learning_curve.txt").read_text() == text + "\n"
+    assert (tmp_path / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    # a resumed demo reads back the points it measured
+    assert demo_curve.read_curve(str(tmp_path)) == {0: only_rank, 500: point}
+    assert demo_curve.read_curve(str(tmp_path / "none")) == {}
+    assert demo.DemoConfig(curve_steps=[1000, 500, 500]).curve_steps == (500, 1000)
+    assert demo.DemoConfig(curve_steps=None).curve_steps == ()
+    with pytest.raises(ValueError, match=r"curve_steps \(\(0,\)\) must be steps >= 1"):
+        demo.DemoConfig(curve_steps=(0,))
+
+
 @pytest.mark.parametrize("variant", ["t5", "decoder"])
 def test_readme_prints_the_committed_run_of_the_shipped_settings(variant):
     """README's demo table is `format_rows` of a real run's demo_results.json (committed in
@@ -198,3 +235,7 @@ def test_readme_prints_the_committed_run_of_the_shipped_settings(variant):
     readme = (ROOT / "README.md").read_text()
     assert demo.format_rows(results["rows"]) in readme
     assert f"{results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} CPU seconds" in readme
+    # and its learning curve (MODEL_DIR/learning_curve.json of the same run)
+    curve = json.loads((ROOT / "docs" / f"demo_curve_{variant}.json").read_text())
+    assert curve["points"][-1]["step"] == results["train_steps"]
+    assert demo_curve.format_curve(curve["points"]) in readme

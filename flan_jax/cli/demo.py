@@ -49,6 +49,9 @@ class DemoConfig:
       cluster_scaling: instead of the table, FLAN 2021's cluster-scaling ablation: for each k,
         train a fresh model on the first k clusters of the training mixture and evaluate the
         held-out cluster (e.g. (1, 2, 4, 7)); None: off. See `run_cluster_scaling`.
+      curve_steps: also evaluate the held-in tasks at these steps (below TRAIN_STEPS), for the
+        learning curve (held-in accuracy against steps: MODEL_DIR/learning_curve.{json,png});
+        training pauses there and resumes from the checkpoint. () or None: off.
     """
 
     held_out_cluster: str = "nli"
@@ -58,8 +61,15 @@ class DemoConfig:
     eval_batch_size: int = 32
     tasks_per_group: int | None = None
     cluster_scaling: tuple[int, ...] | None = None
+    curve_steps: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "curve_steps", tuple(sorted(set(self.curve_steps or ()))))
+        if self.curve_steps and min(self.curve_steps) < 1:
+            raise ValueError(
+                f"DemoConfig.curve_steps ({self.curve_steps}) must be steps >= 1, e.g. "
+                "(500, 1000, 1500), or None (off)"
+            )
         if self.cluster_scaling is not None:
             object.__setattr__(self, "cluster_scaling", tuple(self.cluster_scaling))
             if not self.cluster_scaling or min(self.cluster_scaling) < 1:
@@ -318,25 +328,46 @@ def run_demo(
             model, shapes, jax.random.PRNGKey(run.seed), shardings["params"]
         )
         before = evaluate_variants(model, init, names, data, mesh, demo, "before tuning")
+    from flan_jax.cli import demo_curve
+
+    curve = demo_curve.read_curve(run.model_dir)
+    stops = [s for s in demo.curve_steps if s < run.train_steps] + [run.train_steps]
     print(f"demo: training {run.train_steps} steps on {data.mixture_or_task_name}", flush=True)
-    state = train.train(
-        model=model,
-        data=data,
-        mesh=mesh,
-        optimizer_config=optimizer_config,
-        checkpoint=checkpoint,
-        run=run,
-    )
-    step = int(jax.device_get(state["step"]))
-    if step < run.train_steps:  # stopped early (SIGTERM): checkpoint saved, no table for it
-        print(
-            f"demo: stopped at step {step} of {run.train_steps} (checkpoint saved in "
-            f"{run.model_dir}); run the demo again to resume and evaluate",
-            flush=True,
+    for stop in stops:
+        state = train.train(
+            model=model,
+            data=data,
+            mesh=mesh,
+            optimizer_config=optimizer_config,
+            checkpoint=checkpoint,
+            run=dataclasses.replace(run, train_steps=stop),
         )
-        return []
+        step = int(jax.device_get(state["step"]))
+        if step < stop:  # stopped early (SIGTERM): checkpoint saved, no table for it
+            print(
+                f"demo: stopped at step {step} of {run.train_steps} (checkpoint saved in "
+                f"{run.model_dir}); run the demo again to resume and evaluate",
+                flush=True,
+            )
+            return []
+        if step == stop < run.train_steps and stop not in curve:  # (resumed past it: skip)
+            with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
+                results = evaluate_variants(
+                    model, state["params"], groups[HELD_IN], data, mesh, demo, f"at step {stop}"
+                )
+            curve[stop] = demo_curve.curve_point(stop, results, groups[HELD_IN].values())
+            if jax.process_index() == 0:
+                demo_curve.write_curve(run.model_dir, curve, plot=False)
     with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
         after = evaluate_variants(model, state["params"], names, data, mesh, demo, "after tuning")
+    if demo.curve_steps:
+        curve[0] = demo_curve.curve_point(0, before, groups[HELD_IN].values())
+        curve[run.train_steps] = demo_curve.curve_point(
+            run.train_steps, after, groups[HELD_IN].values()
+        )
+        if jax.process_index() == 0:
+            text = demo_curve.write_curve(run.model_dir, curve, plot=True)
+            print(f"\nheld-in tasks against training steps (percent, 95% interval):\n{text}")
     if jax.process_index() == 0:
         evaluate.write_results(run.model_dir, 0, before)
         evaluate.write_results(run.model_dir, run.train_steps, after)

@@ -56,6 +56,9 @@ class MixtureSpec:
     held_out: tuple[str, ...] | str | None = None  # "all" or clusters
     proportions: str | Mapping[str, float] | None = None
     opt_iml_splits: opt_iml.OptImlSplits | Mapping[str, Any] | None = None
+    # Flan 2022's input inversion for every member task: that share of examples is asked the
+    # other way round (0: forward templates only). None: each task spec's own setting.
+    inversion_share: float | None = None
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -83,6 +86,10 @@ class MixtureSpec:
         bad = [f for f in self.formats or () if f not in formats_lib.FORMATS]
         if bad:
             raise ValueError(f"{where}: formats {bad} are not in {formats_lib.FORMATS}")
+        if self.inversion_share is not None and not 0.0 <= self.inversion_share <= 1.0:
+            raise ValueError(
+                f"{where}: inversion_share must be in [0, 1] or absent, got {self.inversion_share}"
+            )
         if isinstance(self.held_out, str) and self.held_out != "all":
             raise ValueError(f"{where}: held_out must be 'all' or a list, got {self.held_out!r}")
         if self.opt_iml_splits is not None and self.held_out is not None:
@@ -120,6 +127,41 @@ def load_mixture_spec(spec: str | pathlib.Path | Mapping[str, Any]) -> MixtureSp
         return MixtureSpec(**data)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{where}: {e}") from None
+
+
+def inversion_variant(name: str, share: float) -> str:
+    """Registers (once) the spec of task `name` (a base or variant name) with `inversion_share`
+    = `share`, named `<base>_fwd` for 0 (forward templates only) or `<base>_inv<percent>`;
+    returns the matching base or variant name of the new spec. Other tasks, and tasks without
+    inverted templates for a share of 0, come back as is.
+
+    Example: inversion_variant("tiny_topic_zs_opt", 0.0) -> "tiny_topic_fwd_zs_opt".
+    """
+    specs = tasks_lib.registered_specs()
+    try:
+        spec = tasks_lib.get_task_spec(name)
+    except ValueError:  # a mixture or a plain seqio task: not ours to re-render
+        return name
+    suffix = "_fwd" if share == 0 else f"_inv{round(100 * share):02d}"
+    sets = [t for t in (spec.templates, spec.cot_templates) if t is not None]
+    forward_only = not any(t.inverted for tset in sets for t in tset.templates)
+    if spec.inversion_share == share or spec.name.endswith(suffix) or (share == 0 and forward_only):
+        return name
+    derived = spec.name + suffix
+    if derived not in specs:
+        tasks_lib.register_task_spec(dataclasses.replace(spec, name=derived, inversion_share=share))
+    return derived + name[len(spec.name) :]
+
+
+def _with_inversion(spec: MixtureSpec) -> MixtureSpec:
+    """`spec` with its task members replaced by their `inversion_share` variants."""
+    if spec.inversion_share is None:
+        return spec
+    members = [
+        dataclasses.replace(m, name=inversion_variant(m.name, spec.inversion_share))
+        for m in spec.members
+    ]
+    return dataclasses.replace(spec, members=tuple(members))
 
 
 def _expand_task(name: str, spec_formats: tuple[str, ...] | None) -> list[str]:
@@ -260,17 +302,19 @@ def _held_out_clusters(spec: MixtureSpec, tasks: Sequence[str]) -> list[str]:
 def register_mixture_spec(spec: MixtureSpec | str | pathlib.Path | Mapping[str, Any]) -> list[str]:
     """Registers a mixture and its held-out splits with seqio; returns their names.
 
-    Idempotent for an equal spec; everything is validated before anything is registered.
+    Idempotent for an equal spec; everything is validated before anything is registered
+    (but the `inversion_share` variants of its tasks, which are kept).
     """
     if not isinstance(spec, MixtureSpec):
         spec = load_mixture_spec(spec)
     with _LOCK:
+        for member in spec.members:
+            _check_member(spec, member)
+        spec = _with_inversion(spec)
         if spec.name in _MIXTURES and _MIXTURES[spec.name][0] == spec:
             return [n for n, (s, _, _) in _MIXTURES.items() if s == spec]
         if spec.name in _MIXTURES or spec.name in seqio.MixtureRegistry.names():
             raise ValueError(f"a different mixture named {spec.name!r} is already registered")
-        for member in spec.members:
-            _check_member(spec, member)
         tasks = member_tasks(spec)
         plan = [(spec.name, NOTHING, None)]
         plan += [
