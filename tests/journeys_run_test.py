@@ -213,28 +213,24 @@ def test_demo_trains_then_restores_and_prints_its_json():
 
     shutil.rmtree(REPO / TMP / "demo", ignore_errors=True)
     try:
-        _demo_twice(demo)
+        first = flan_jax(DEMO)
+        results = json.loads((REPO / TMP / "demo" / "demo_results.json").read_text())
+        assert results["train_steps"] == STEPS
+        assert [r["group"] for r in results["rows"] if r["cluster"] != "-"] == [
+            "held-in",
+            "unseen instructions",
+            "unseen task",
+            "held-out (nli)",
+        ]
+        table = demo.format_rows(results["rows"])
+        assert table in first.stdout
+        assert f"step {STEPS}/{STEPS} loss" in first.stdout
+        second = flan_jax(DEMO)
+        assert f"restoring checkpoint step {STEPS}" in second.stdout
+        assert f"step {STEPS}/{STEPS} loss" not in second.stdout  # no step was trained again
+        again = json.loads((REPO / TMP / "demo" / "demo_results.json").read_text())
+        assert again["rows"] == results["rows"] and table in second.stdout
+        kinds = {(r["kind"], r["step"]) for r in _records(f"{TMP}/demo")}
+        assert {("train", STEPS), ("infer_eval", 0), ("infer_eval", STEPS)} <= kinds
     finally:
         shutil.rmtree(REPO / TMP / "demo", ignore_errors=True)
-
-
-def _demo_twice(demo) -> None:
-    first = flan_jax(DEMO)
-    results = json.loads((REPO / TMP / "demo" / "demo_results.json").read_text())
-    assert results["train_steps"] == STEPS
-    assert [r["group"] for r in results["rows"] if r["cluster"] != "-"] == [
-        "held-in",
-        "unseen instructions",
-        "unseen task",
-        "held-out (nli)",
-    ]
-    table = demo.format_rows(results["rows"])
-    assert table in first.stdout
-    assert f"step {STEPS}/{STEPS} loss" in first.stdout
-    second = flan_jax(DEMO)
-    assert f"restoring checkpoint step {STEPS}" in second.stdout
-    assert f"step {STEPS}/{STEPS} loss" not in second.stdout  # no step was trained again
-    again = json.loads((REPO / TMP / "demo" / "demo_results.json").read_text())
-    assert again["rows"] == results["rows"] and table in second.stdout
-    kinds = {(r["kind"], r["step"]) for r in _records(f"{TMP}/demo")}
-    assert {("train", STEPS), ("infer_eval", 0), ("infer_eval", STEPS)} <= kinds

@@ -186,15 +186,16 @@ def evaluate_variants(model, params, names: dict[str, str], data, mesh, demo, la
         max_examples=demo.max_examples,
         decode=DecodeConfig(max_decode_len=data.task_feature_lengths["targets"]),
     )
-    results = evaluate.run_evaluation(
-        model,
-        params,
-        sorted(names.values()),
-        split=data.eval_split,
-        feature_lengths=dict(data.task_feature_lengths),
-        config=config,
-        mesh=mesh,
-    )
+    with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
+        results = evaluate.run_evaluation(
+            model,
+            params,
+            sorted(names.values()),
+            split=data.eval_split,
+            feature_lengths=dict(data.task_feature_lengths),
+            config=config,
+            mesh=mesh,
+        )
     print(f"demo: evaluated {label} in {time.perf_counter() - t0:.0f}s", flush=True)
     return results
 
@@ -327,7 +328,7 @@ def run_demo(
         init = train_state.init_params(
             model, shapes, jax.random.PRNGKey(run.seed), shardings["params"]
         )
-        before = evaluate_variants(model, init, names, data, mesh, demo, "before tuning")
+    before = evaluate_variants(model, init, names, data, mesh, demo, "before tuning")
     from flan_jax.cli import demo_curve
 
     curve = demo_curve.read_curve(run.model_dir)
@@ -351,15 +352,13 @@ def run_demo(
             )
             return []
         if step == stop < run.train_steps and stop not in curve:  # (resumed past it: skip)
-            with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
-                results = evaluate_variants(
-                    model, state["params"], groups[HELD_IN], data, mesh, demo, f"at step {stop}"
-                )
+            results = evaluate_variants(
+                model, state["params"], groups[HELD_IN], data, mesh, demo, f"at step {stop}"
+            )
             curve[stop] = demo_curve.curve_point(stop, results, groups[HELD_IN].values())
             if jax.process_index() == 0:
                 demo_curve.write_curve(run.model_dir, curve, plot=False)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
-        after = evaluate_variants(model, state["params"], names, data, mesh, demo, "after tuning")
+    after = evaluate_variants(model, state["params"], names, data, mesh, demo, "after tuning")
     if demo.curve_steps:
         curve[0] = demo_curve.curve_point(0, before, groups[HELD_IN].values())
         curve[run.train_steps] = demo_curve.curve_point(

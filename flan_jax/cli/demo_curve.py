@@ -10,7 +10,8 @@ from collections.abc import Mapping, Sequence
 
 import tensorflow as tf
 
-from flan_jax.cli.demo import GREEDY, RANK, task_row, wilson_interval
+from flan_jax.cli.demo import GREEDY, RANK, task_row
+from flan_jax.cli.demo_scaling import pooled_row
 
 # The held-in bars `make demo` aims for (percent): pooled rank accuracy on the
 # classification tasks, pooled greedy exact match on the generation tasks.
@@ -22,15 +23,12 @@ def curve_point(step: int, results: Mapping, variants: Sequence[str]) -> dict:
     """{step, <kind>: {n, value, lo, hi}} pooled over the held-in `variants` of `results`
     (every example counted once, as the table's group rows)."""
     point: dict = {"step": step}
-    rows = [task_row(results[v]) for v in variants]
+    kinds = {v: task_row(results[v])["eval"] for v in variants}
     for kind in (RANK, GREEDY):
-        members = [r for r in rows if r["eval"] == kind]
-        n = sum(r["n"] for r in members)
-        if not n:
-            continue
-        hits = sum(round(r["value"] * r["n"] / 100.0) for r in members)
-        lo, hi = wilson_interval(hits, n)
-        point[kind] = {"n": n, "value": 100.0 * hits / n, "lo": lo, "hi": hi}
+        members = [v for v in variants if kinds[v] == kind]
+        if members:
+            row = pooled_row(results, members)
+            point[kind] = {k: row[k] for k in ("n", "value", "lo", "hi")}
     return point
 
 

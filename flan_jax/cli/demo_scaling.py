@@ -12,9 +12,7 @@ from collections.abc import Sequence
 
 import jax
 import tensorflow as tf
-from flax import linen as nn
 
-from flan_jax import partitioning
 from flan_jax.cli.demo import evaluate_variants, task_row, wilson_interval
 from flan_jax.data import mixtures
 from flan_jax.training import train
@@ -123,9 +121,8 @@ def run_cluster_scaling(
         if int(jax.device_get(state["step"])) < run.train_steps:
             print("demo: stopped early; run the demo again to resume", flush=True)
             return []
-        with jax.set_mesh(mesh), nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
-            params = state["params"]
-            results = evaluate_variants(model, params, held_out, data, mesh, demo, f"k={k}")
+        params = state["params"]
+        results = evaluate_variants(model, params, held_out, data, mesh, demo, f"k={k}")
         rows.append({"k": k, "clusters": clusters, **pooled_row(results, held_out.values())})
     label = f"{demo.held_out_cluster} acc"
     text = format_scaling(rows, label)
