@@ -45,7 +45,7 @@ def owner(built, fresh_lookup):
 
 
 def test_each_task_yields_its_cached_examples_in_epochs(owner):
-    """Unshuffled: a task's k-th draw is its cache's example k mod n (stored file order), and
+    """Unshuffled: a task's k-th draw is its cache's example k mod n (its files read one after another), and
     one epoch of it is the multiset of its on-the-fly examples."""
     owners, fly = owner
     ds = cached_mixture.get_dataset(

@@ -12,7 +12,7 @@ makes two groups, each mixed by rate, shuffled, parsed and preprocessed once, an
     1,000 few-shot readers  -> mix -> shuffle -> parse -> prune, tokenize, EOS, trim -+
 
 The stream is its own (seqio's `Mixture.get_dataset` mixes per-task pipelines with
-`sample_from_datasets`): each task's records repeat in stored file order, each group's mixed
+`sample_from_datasets`): each task's records repeat file by file, each group's mixed
 records go through a seeded shuffle buffer of `SHUFFLE_BUFFER` records, and task i is drawn
 with probability rate_i / sum(rates). Given the seed it is deterministic, which is what the
 trainer's data positions rely on.
