@@ -45,8 +45,8 @@ def owner(built, fresh_lookup):
 
 
 def test_each_task_yields_its_cached_examples_in_epochs(owner):
-    """Unshuffled: a task's k-th draw is its cache's example k mod n (its files read one after another), and
-    one epoch of it is the multiset of its on-the-fly examples."""
+    """Unshuffled: a task's draws cycle through its cache (its files read one after another),
+    and one epoch of them is the multiset of its on-the-fly examples."""
     owners, fly = owner
     ds = cached_mixture.get_dataset(
         seqio.get_mixture_or_task(MIXTURE), ALL_LENGTHS, shuffle=False, seed=5
