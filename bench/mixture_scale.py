@@ -14,9 +14,10 @@ examples-proportional with a cap, and the batches come from the trainer's own
 
 Modes:
   inproc  templating + few-shot + tokenisation in process (the default pipeline)
-  cached  the same examples pre-tokenized once to TFRecords in seqio's cache layout (outside
-          the clock) and read back by plain seqio tasks: mixing + packing cost only
-          (`_write_cache` / `_register_cached`; a stand-in for `flan-jax cache` + USE_CACHED)
+  cached  the same tasks cached once in `flan-jax cache`'s layout (`write_cache`, outside the
+          clock and without Beam) and read by the trainer's USE_CACHED path: the cache checks
+          (fingerprints), `flan_jax.data.cached_mixture`'s one pipeline for the mixture, and
+          packing
 
 Columns: register_s (task + mixture registration), build_s (seqio mixture + converter + batch
 dataset and its iterator), first_batch_s (build + the first batch), ex_per_s (steady, over
@@ -124,66 +125,42 @@ def write_specs(root: pathlib.Path, num_tasks: int, vocabulary: str) -> list[str
     return names
 
 
-# --- cached mode: pre-tokenized TFRecords in seqio's cache layout ------------------------------
-# Kept apart so it can switch to the real cache reader (`flan-jax cache`, USE_CACHED) later.
+# --- cached mode: the trainer's USE_CACHED path over caches in `flan-jax cache`'s layout -------
 
 
-def _write_cache(task_names: list[str], cache_dir: pathlib.Path) -> dict[str, int]:
-    """Tokenizes each registered task's train split once and writes
-    `cache_dir/<task>/train.tfrecord-00000-of-00001` (seqio's layout); returns task -> count."""
+def write_cache(task_names: list[str], cache_dir: pathlib.Path) -> dict[str, int]:
+    """Caches each registered task's train split as `flan-jax cache` does (seqio's layout: one
+    TFRecord file, info and stats json, the flan_jax fingerprint, COMPLETED) without Beam, whose
+    DirectRunner would take ~30 minutes for 2,000 tasks; returns task -> examples."""
+    import numpy as np
     import seqio
     import tensorflow as tf
+
+    from flan_jax.data import cache, cache_pipeline
 
     counts = {}
     for name in task_names:
         task = seqio.get_mixture_or_task(name)
-        ds = task.get_dataset({"inputs": LENGTHS["inputs"], "targets": 10**6}, shuffle=False)
-        folder = cache_dir / name
-        folder.mkdir(parents=True, exist_ok=True)
-        n = 0
-        with tf.io.TFRecordWriter(str(folder / "train.tfrecord-00000-of-00001")) as writer:
+        task_dir = cache.task_cache_dir(str(cache_dir), name)
+        tf.io.gfile.makedirs(task_dir)
+        ds = task.preprocess_precache(task.source.get_dataset(split="train", shuffle=False))
+        prefix = seqio.get_cached_tfrecord_prefix(task_dir, "train")
+        stats, info = {"examples": 0}, None
+        with tf.io.TFRecordWriter(cache_pipeline.shard_path(prefix, 0, 1)) as writer:
             for ex in ds.as_numpy_iterator():
-                feature = {
-                    k: tf.train.Feature(int64_list=tf.train.Int64List(value=ex[k].tolist()))
-                    for k in ("inputs", "targets")
-                }
-                writer.write(
-                    tf.train.Example(
-                        features=tf.train.Features(feature=feature)
-                    ).SerializeToString()
+                ex = {k: np.asarray(v) for k, v in ex.items()}
+                writer.write(seqio.dict_to_tfexample(ex).SerializeToString())
+                stats = cache_pipeline.merge_stats(
+                    stats, cache_pipeline.token_stats(ex, task.output_features)
                 )
-                n += 1
-        counts[name] = n
+                info = info or cache_pipeline.feature_info(ex)
+        record = {"num_shards": 1, "features": info, "seqio_version": seqio.__version__}
+        pathlib.Path(seqio.get_cached_info_path(task_dir, "train")).write_text(json.dumps(record))
+        pathlib.Path(seqio.get_cached_stats_path(task_dir, "train")).write_text(json.dumps(stats))
+        cache.write_fingerprint(task_dir, task)
+        pathlib.Path(task_dir, "COMPLETED").write_text("")
+        counts[name] = stats["examples"]
     return counts
-
-
-def _register_cached(counts: dict[str, int], cache_dir: pathlib.Path, vocabulary: str) -> str:
-    """Plain seqio tasks reading the pre-tokenized files, mixed examples-proportionally."""
-    import seqio
-    import tensorflow as tf
-
-    from flan_jax.data import mixtures, vocab
-
-    v = vocab.get_vocabulary(vocabulary)
-    features = {k: seqio.Feature(v, add_eos=True) for k in ("inputs", "targets")}
-    description = {
-        k: tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True)
-        for k in ("inputs", "targets")
-    }
-    to_int32 = seqio.map_over_dataset(lambda ex: {k: tf.cast(t, tf.int32) for k, t in ex.items()})
-    names = []
-    for name, n in counts.items():
-        cached = f"{name}_cached"
-        source = seqio.TFExampleDataSource(
-            {"train": str(cache_dir / name / "train.tfrecord-*")},
-            feature_description=description,
-            num_input_examples={"train": n},
-        )
-        seqio.TaskRegistry.add(cached, source, output_features=features, preprocessors=[to_int32])
-        names.append(cached)
-    name = f"{MIXTURE}_cached"
-    mixtures.register_mixture_spec({"name": name, "members": names, "cap": CAP})
-    return name
 
 
 # --- one (mode, size) in this process ----------------------------------------------------------
@@ -194,14 +171,13 @@ def _examples_in(batch) -> int:
     return int(batch["decoder_segment_ids"].max(axis=1).sum())
 
 
-def _prepare_cache(root: pathlib.Path, vocabulary: str) -> None:
-    """Registers the in-process tasks under `root` and writes their cache (a separate process,
-    so the measured one holds none of the in-process pipeline's memory)."""
+def _prepare_cache(root: pathlib.Path) -> None:
+    """Registers the tasks under `root` and writes their cache (a separate process, so the
+    measured one holds none of the in-process pipelines' memory)."""
     import flan_jax.registry as registry
 
     task_names, _ = registry.register_dir(root / "specs")
-    counts = _write_cache(task_names, root / "cache")
-    (root / "cache" / "counts.json").write_text(json.dumps(counts))
+    write_cache(task_names, root / "cache")
 
 
 def run_one(mode: str, root: pathlib.Path, batches: int, vocabulary: str) -> dict[str, Any]:
@@ -215,15 +191,15 @@ def run_one(mode: str, root: pathlib.Path, batches: int, vocabulary: str) -> dic
     record: dict[str, Any] = {"mode": mode, "vocabulary": vocabulary}
     rss_base = _rss_mib()
     start = time.perf_counter()
-    if mode == "cached":
-        counts = json.loads((root / "cache" / "counts.json").read_text())
-        name = _register_cached(counts, root / "cache", vocabulary)
-    else:
-        name = registry.register_dir(root / "specs")[1][0]
+    name = registry.register_dir(root / "specs")[1][0]
     record["register_s"] = time.perf_counter() - start
     record["rss_reg_mib"] = _rss_mib() - rss_base
     config = input_pipeline.DataConfig(
-        mixture_or_task_name=name, task_feature_lengths=LENGTHS, batch_size=BATCH_SIZE
+        mixture_or_task_name=name,
+        task_feature_lengths=LENGTHS,
+        batch_size=BATCH_SIZE,
+        use_cached=mode == "cached",
+        cache_dir=str(root / "cache") if mode == "cached" else None,
     )
     converter = input_pipeline.make_converter(seqio.EncDecFeatureConverter, config)
     start, cpu = time.perf_counter(), time.process_time()
@@ -260,7 +236,7 @@ def _resolve_vocabulary(name: str) -> str:
 def _child(args) -> int:
     root = pathlib.Path(args.root)
     if args.prepare_cache:
-        _prepare_cache(root, args.vocabulary)
+        _prepare_cache(root)
         return 0
     record = run_one(args.mode, root, args.batches, args.vocabulary)
     print("RESULT " + json.dumps(record), flush=True)

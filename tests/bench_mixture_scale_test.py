@@ -1,6 +1,6 @@
 """bench/mixture_scale.py: its synthetic specs register through the project's loaders with exact
-examples-proportional rates, and its pre-tokenized ("cached") tasks yield exactly the in-process
-tasks' token ids."""
+examples-proportional rates, and the caches it writes pass the trainer's cache checks and read
+back exactly the in-process tasks' token ids."""
 
 import pathlib
 import sys
@@ -12,7 +12,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo
 
 from bench import mixture_scale  # noqa: E402
 from flan_jax import registry  # noqa: E402
-from flan_jax.data import mixtures, tasks  # noqa: E402
+from flan_jax.data import cache, mixtures, tasks  # noqa: E402
 
 
 def _unregister(names, mixture_names):
@@ -21,9 +21,6 @@ def _unregister(names, mixture_names):
             mixtures.unregister_mixture(name)
     for name in names:
         tasks.unregister_task_spec(name)
-    for name in list(seqio.TaskRegistry.names()):
-        if name.endswith("_cached") and name.startswith("scale_task_"):
-            seqio.TaskRegistry.remove(name)
 
 
 def test_synthetic_mixture_rates_and_cached_tokens_equal_in_process(tmp_path):
@@ -42,20 +39,28 @@ def test_synthetic_mixture_rates_and_cached_tokens_equal_in_process(tmp_path):
             for f in ("zs_opt", "fs_opt")
         }
         assert mixtures.mixture_rates(mixture_scale.MIXTURE) == want
-        counts = mixture_scale._write_cache(variants, tmp_path / "cache")
+        counts = mixture_scale.write_cache(variants, tmp_path / "cache")
         assert counts == {
             f"{n}_{f}": s for n, s in zip(names, (60, 120, 240, 480)) for f in ("zs_opt", "fs_opt")
         }
-        cached = mixture_scale._register_cached(counts, tmp_path / "cache", "byte")
-        mixture_names.append(cached)
-        assert mixtures.mixture_rates(cached) == {f"{k}_cached": v for k, v in want.items()}
-        lengths = mixture_scale.LENGTHS
-        for name in (variants[0], variants[1]):
-            ours = seqio.get_mixture_or_task(name).get_dataset(lengths, shuffle=False)
-            theirs = seqio.get_mixture_or_task(f"{name}_cached").get_dataset(lengths, shuffle=False)
-            for a, b in zip(ours.as_numpy_iterator(), theirs.as_numpy_iterator(), strict=True):
-                for k in ("inputs", "targets"):
-                    np.testing.assert_array_equal(a[k], b[k])
-                    assert b[k].dtype == np.int32
+        saved_dirs = list(seqio.get_global_cache_dirs())
+        try:
+            cache.use_caches(mixture_scale.MIXTURE, str(tmp_path / "cache"), ["train"])
+            lengths = mixture_scale.LENGTHS
+            for name in (variants[0], variants[1]):
+                task = seqio.get_mixture_or_task(name)
+                ours, theirs = (
+                    task.get_dataset(lengths, shuffle=False, use_cached=c, try_in_mem_cache=False)
+                    for c in (False, True)
+                )
+                for a, b in zip(ours.as_numpy_iterator(), theirs.as_numpy_iterator(), strict=True):
+                    for k in ("inputs", "targets"):
+                        np.testing.assert_array_equal(a[k], b[k])
+                        assert b[k].dtype == np.int32
+        finally:
+            seqio.set_global_cache_dirs(saved_dirs)
+            for name in variants:
+                seqio.get_mixture_or_task(name)._cache_dir = None
+            cache._CHECKED.clear()
     finally:
         _unregister(names, mixture_names if "mixture_names" in locals() else [])

@@ -78,7 +78,9 @@ def _module_file_hash(ref: str, base_dir: str | None) -> str:
     return _sha256_file(path) if path else f"no-source:{ref}"
 
 
-def _vocabulary_fingerprint(vocab: seqio.Vocabulary) -> str:
+def vocabulary_fingerprint(vocab: seqio.Vocabulary) -> str:
+    """What a vocabulary's ids depend on: "sentencepiece:<model sha256>:<extra ids>", else its
+    type, size and extra ids (equal strings: the same token ids)."""
     if isinstance(vocab, seqio.SentencePieceVocabulary):
         return f"sentencepiece:{_sha256_file(vocab.sentencepiece_model_file)}:{vocab.extra_ids}"
     return f"{type(vocab).__name__}:{vocab.vocab_size}:{vocab.extra_ids}"
@@ -111,11 +113,10 @@ def task_fingerprint(task: seqio.Task) -> dict[str, str]:
     parts = {"flan_jax": importlib.metadata.version("flan_jax")}
     parts["preprocessors"] = _sha256_text(repr([_step_name(p) for p in task.preprocessors]))
     for key, feature in sorted(task.output_features.items()):
-        parts[f"vocabulary:{key}"] = _vocabulary_fingerprint(feature.vocabulary)
+        parts[f"vocabulary:{key}"] = vocabulary_fingerprint(feature.vocabulary)
         parts[f"feature:{key}"] = f"add_eos={feature.add_eos},dtype={feature.dtype.name}"
-    try:
-        spec = tasks.get_task_spec(task.name)
-    except ValueError:  # not a spec task
+    spec = tasks.find_task_spec(task.name)  # O(1); get_task_spec's error lists close names
+    if spec is None:  # not a spec task
         return parts
     parts["render_code"] = _render_code_hash()
     parts.update(_spec_components(spec))

@@ -160,16 +160,17 @@ class RenderedSource(seqio.FunctionDataSource):
         return ds
 
 
-def _prune_few_shot(dataset, sequence_length=None, output_features=None, *, spec):
+def _prune_few_shot(dataset, sequence_length=None, output_features=None, *, separator: str):
     """Drops trailing exemplars until the tokenized inputs (+ EOS) fit sequence_length["inputs"].
 
     Pure TF ops (no py_function), so a tf.data iterator over few-shot tasks can be
     checkpointed. Candidates with k = n-1, ..., 0 exemplars are joined exactly as
-    `formats.join_few_shot` joins them; the first that fits wins (the query alone if none).
+    `formats.join_few_shot` joins them (with the spec's `exemplar_separator`); the first that
+    fits wins (the query alone if none). Takes the separator rather than the spec, so that the
+    post-cache steps of two specs compare equal (`cached_mixture` groups tasks by them).
     """
     budget = (sequence_length or {}).get("inputs")
     vocab = output_features["inputs"].vocabulary
-    separator = spec.few_shot.exemplar_separator
     num_tokens = lambda text: tf.size(vocab.encode_tf(text))
 
     def prune(shots, query, inputs):
@@ -237,7 +238,7 @@ def build_tasks(spec: TaskSpec, vocabulary: seqio.Vocabulary | None = None) -> l
             # cache: few-shot variants cache the rendered text and tokenize after reading it.
             preprocessors = [
                 seqio.CacheDatasetPlaceholder(),
-                functools.partial(_prune_few_shot, spec=spec),
+                functools.partial(_prune_few_shot, separator=spec.few_shot.exemplar_separator),
                 seqio.preprocessors.tokenize,
                 seqio.preprocessors.append_eos_after_trim,
             ]

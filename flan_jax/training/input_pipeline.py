@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from flan_jax import partitioning
-from flan_jax.data import cache, packing
+from flan_jax.data import cache, cached_mixture, packing
 from flan_jax.types import HostBatch
 
 
@@ -124,23 +124,39 @@ def get_train_dataset(
     With a seed the stream is a pure function of (config, process index): every stage is
     seeded or order-preserving (seqio's shuffles and mixture sampling take `seed`, parallel
     maps keep order, packing is deterministic per window). `skip_batches` starts it that many
-    batches in, which is how `TrainIterator.set_state` resumes a position exactly.
+    batches in, which is how `TrainIterator.set_state` resumes a position exactly. A mixture
+    read from caches (`use_cached`) is mixed by `flan_jax.data.cached_mixture` (one pipeline
+    for all its tasks, a stream of its own), a task by seqio.
     """
-    get_mixture_or_task(config.mixture_or_task_name)
+    provider = get_mixture_or_task(config.mixture_or_task_name)
+    lengths = dict(config.task_feature_lengths)
     if config.use_cached:
         cache.use_caches(config.mixture_or_task_name, config.cache_dir, [config.split])
-    ds = seqio.get_dataset(
-        config.mixture_or_task_name,
-        dict(config.task_feature_lengths),
-        converter,
-        dataset_split=config.split,
-        use_cached=config.use_cached,
-        shuffle=config.shuffle,
-        num_epochs=None,
-        shard_info=shard_info(),
-        seed=config.seed,
-        verbose=False,
-    )
+    if config.use_cached and isinstance(provider, seqio.Mixture):
+        # One pipeline for the whole mixture (mix raw records, then parse once): seqio's
+        # Mixture.get_dataset builds one per task, linear in the number of tasks.
+        ds = cached_mixture.get_dataset(
+            provider,
+            lengths,
+            split=config.split,
+            shuffle=config.shuffle,
+            seed=config.seed,
+            shard_info=shard_info(),
+        )
+        ds = converter(ds, task_feature_lengths=lengths)
+    else:
+        ds = seqio.get_dataset(
+            config.mixture_or_task_name,
+            lengths,
+            converter,
+            dataset_split=config.split,
+            use_cached=config.use_cached,
+            shuffle=config.shuffle,
+            num_epochs=None,
+            shard_info=shard_info(),
+            seed=config.seed,
+            verbose=False,
+        )
     # flan_jax's own task maps are pure TF ops, so their iterators checkpoint exactly. A
     # user's task may call tf.numpy_function / py_function, whose Python state tf.data cannot
     # save: it would refuse to checkpoint the iterator, so such ops are taken as stateless.
@@ -174,6 +190,7 @@ def fingerprint(local: HostBatch) -> str:
 
 
 POSITION_FORMAT = "flan_jax.data_position/1"
+CACHED_MIXING = "flan_jax.cached_mixture/1"  # the stream of cached_mixture.get_dataset
 
 
 def position_config(config: DataConfig, mixture_or_task: seqio.Task | seqio.Mixture) -> dict:
@@ -182,6 +199,7 @@ def position_config(config: DataConfig, mixture_or_task: seqio.Task | seqio.Mixt
         rates = {t.name: float(mixture_or_task.get_rate(t)) for t in mixture_or_task.tasks}
     else:
         rates = {mixture_or_task.name: 1.0}
+    cached_mix = config.use_cached and isinstance(mixture_or_task, seqio.Mixture)
     return {
         "mixture_or_task_name": config.mixture_or_task_name,
         "task_feature_lengths": dict(sorted(config.task_feature_lengths.items())),
@@ -191,6 +209,8 @@ def position_config(config: DataConfig, mixture_or_task: seqio.Task | seqio.Mixt
         "pack": config.pack,
         "packing": dataclasses.asdict(config.packing),
         "use_cached": config.use_cached,
+        # cached mixtures are mixed by flan_jax, not seqio: positions of the other stream differ
+        **({"cached_mixing": CACHED_MIXING} if cached_mix else {}),
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
         "task_rates": {k: round(v, 9) for k, v in sorted(rates.items())},
