@@ -120,7 +120,7 @@ def test_generalisation_groups_of_the_demo_mixtures():
         "held-in", "unseen instructions", "unseen task", "held-out (nli)"
     ]  # fmt: skip
     # forward templates only (the mixtures' inversion_share 0): the tasks' `_fwd` variants
-    assert len(groups["held-in"]) == 9 and "tiny_reverse_word_fwd" not in groups["held-in"]
+    assert len(groups["held-in"]) == 8 and "tiny_reverse_word_fwd" not in groups["held-in"]
     assert groups["held-in"]["tiny_topic_fwd"] == "tiny_topic_fwd_zs_opt"
     assert groups["unseen task"] == {
         "tiny_restaurant_reviews_fwd": "tiny_restaurant_reviews_fwd_zs_opt"
@@ -161,17 +161,17 @@ def test_demo_gins_hold_out_their_cluster_and_share_every_setting_but_the_model(
 
 def test_cluster_mixtures_add_clusters_in_member_order_at_their_rates():
     registry.register_all()
-    got = demo_scaling.cluster_mixtures("flan_tiny_demo_minus_nli", (1, 2, 7))
+    got = demo_scaling.cluster_mixtures("flan_tiny_demo_minus_nli", (1, 2, 6))
     assert got[1] == ("flan_tiny_demo_minus_nli_1_clusters", ["sentiment"])
     assert got[2][1] == ["sentiment", "topic_classification"]
-    assert got[7][1] == [
-        "sentiment", "topic_classification", "paraphrase", "reading_comprehension", "string_edit",
-        "counting", "comparison",
+    assert got[6][1] == [
+        "sentiment", "topic_classification", "reading_comprehension", "string_edit", "counting",
+        "comparison",
     ]  # fmt: skip
     rates = mixtures.mixture_rates("flan_tiny_demo_minus_nli_2_clusters")
     assert rates == {"tiny_product_reviews_fwd_zs_opt": 1500.0, "tiny_topic_fwd_zs_opt": 1500.0}
-    with pytest.raises(ValueError, match="asks for 8 clusters"):
-        demo_scaling.cluster_mixtures("flan_tiny_demo_minus_nli", (8,))
+    with pytest.raises(ValueError, match="asks for 7 clusters"):
+        demo_scaling.cluster_mixtures("flan_tiny_demo_minus_nli", (7,))
 
 
 def test_pooled_row_scaling_table_and_plot(tmp_path):

@@ -20,6 +20,28 @@ def test_constant_and_rsqrt_schedules():
     assert got == pytest.approx([1e-4, 5e-3, 1e-2, 5e-3, 1e-3], rel=1e-6)
 
 
+def test_cooldown_decays_linearly_to_zero_at_its_end():
+    cfg = optimizer.OptimizerConfig(learning_rate=0.02, cooldown_fraction=0.4, cooldown_end=1000)
+    wsd = optimizer.make_schedule(cfg)
+    got = [float(wsd(s)) for s in (0, 600, 700, 900, 999, 1000, 1200)]
+    assert got == pytest.approx([0.02, 0.02, 0.015, 0.005, 0.00005, 0.0, 0.0], rel=1e-5)
+    rsqrt = optimizer.make_schedule(
+        optimizer.OptimizerConfig(
+            learning_rate=0.01,
+            schedule="rsqrt",
+            warmup_steps=100,
+            cooldown_fraction=0.4,
+            cooldown_end=500,
+        )
+    )
+    # rsqrt's 5e-3 at step 399, halved by the cooldown (101 of its 200 steps left)
+    assert float(rsqrt(399)) == pytest.approx(5e-3 * 101 / 200, rel=1e-6)
+    with pytest.raises(ValueError, match=r"needs cooldown_end \(None\)"):
+        optimizer.OptimizerConfig(cooldown_fraction=0.3)
+    with pytest.raises(ValueError, match=r"cooldown_fraction \(1.5\) must be in"):
+        optimizer.OptimizerConfig(cooldown_fraction=1.5, cooldown_end=10)
+
+
 def test_config_validation_quotes_values():
     with pytest.raises(ValueError, match="schedule 'cosine' must be one of"):
         optimizer.OptimizerConfig(schedule="cosine")

@@ -48,7 +48,7 @@ class DemoConfig:
         held-out; None: all. A quick run's switch (the journey test uses 1).
       cluster_scaling: instead of the table, FLAN 2021's cluster-scaling ablation: for each k,
         train a fresh model on the first k clusters of the training mixture and evaluate the
-        held-out cluster (e.g. (1, 2, 4, 7)); None: off. See `run_cluster_scaling`.
+        held-out cluster (e.g. (1, 2, 4, 6)); None: off. See `run_cluster_scaling`.
       curve_steps: also evaluate the held-in tasks at these steps (below TRAIN_STEPS), for the
         learning curve (held-in accuracy against steps: MODEL_DIR/learning_curve.{json,png});
         training pauses there and resumes from the checkpoint. () or None: off.
@@ -75,7 +75,7 @@ class DemoConfig:
             if not self.cluster_scaling or min(self.cluster_scaling) < 1:
                 raise ValueError(
                     f"DemoConfig.cluster_scaling ({self.cluster_scaling}) must list cluster "
-                    "counts >= 1, e.g. (1, 2, 4, 7), or be None (off)"
+                    "counts >= 1, e.g. (1, 2, 4, 6), or be None (off)"
                 )
         if self.max_examples < 1 or self.eval_batch_size < 1:
             raise ValueError(

@@ -1,4 +1,4 @@
-"""`flan-jax demo --gin.demo.DemoConfig.cluster_scaling="(1, 2, 4, 7)"`: FLAN 2021's
+"""`flan-jax demo --gin.demo.DemoConfig.cluster_scaling="(1, 2, 4, 6)"`: FLAN 2021's
 cluster-scaling ablation at CPU scale (held-out accuracy against the number of training
 clusters), written as a table, JSON and a PNG into MODEL_DIR."""
 

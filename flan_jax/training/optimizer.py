@@ -23,6 +23,11 @@ class OptimizerConfig:
       schedule: "constant", or "rsqrt": linear warmup to `learning_rate` over
         `warmup_steps`, then `learning_rate * sqrt(warmup_steps / step)` (T5 pretraining).
       warmup_steps: warmup length for "rsqrt" (and optional linear warmup for "constant").
+      cooldown_fraction: linear decay to 0 over this share of the steps before
+        `cooldown_end` (0: none), on top of either schedule: warmup-stable-decay when training
+        from scratch (the demo); fine-tuning keeps T5's constant rate.
+      cooldown_end: the step the cooldown reaches 0 at (usually TRAIN_STEPS); required when
+        `cooldown_fraction` > 0.
       decay_rate: Adafactor second-moment decay exponent (T5: 0.8).
       clipping_threshold: Adafactor update clipping (T5: 1.0).
       multiply_by_parameter_scale: scale updates by parameter RMS (T5: True).
@@ -37,6 +42,8 @@ class OptimizerConfig:
     learning_rate: float = 1e-3
     schedule: str = "constant"
     warmup_steps: int = 0
+    cooldown_fraction: float = 0.0
+    cooldown_end: int | None = None
     decay_rate: float = 0.8
     clipping_threshold: float | None = 1.0
     multiply_by_parameter_scale: bool = True
@@ -60,6 +67,15 @@ class OptimizerConfig:
             raise ValueError("schedule 'rsqrt' needs warmup_steps > 0 (T5 pretraining uses 10000)")
         if self.global_norm_clip is not None and self.global_norm_clip <= 0:
             raise ValueError(f"global_norm_clip ({self.global_norm_clip}) must be > 0 or None")
+        if not 0.0 <= self.cooldown_fraction <= 1.0:
+            raise ValueError(
+                f"cooldown_fraction ({self.cooldown_fraction}) must be in [0, 1] (0: none)"
+            )
+        if self.cooldown_fraction and (self.cooldown_end is None or self.cooldown_end < 1):
+            raise ValueError(
+                f"cooldown_fraction ({self.cooldown_fraction}) needs cooldown_end "
+                f"({self.cooldown_end}) >= 1; set cooldown_end = %TRAIN_STEPS"
+            )
 
 
 def make_schedule(config: OptimizerConfig | AdamWConfig) -> optax.Schedule:
@@ -71,10 +87,12 @@ def make_schedule(config: OptimizerConfig | AdamWConfig) -> optax.Schedule:
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
         ramp = jnp.minimum(1.0, (step + 1.0) / warm) if warm else 1.0
-        if config.schedule == "constant":
-            return lr * ramp
-        decay = jnp.sqrt(warm / jnp.maximum(step + 1.0, float(warm)))
-        return lr * ramp * decay
+        if config.schedule == "rsqrt":
+            ramp = ramp * jnp.sqrt(warm / jnp.maximum(step + 1.0, float(warm)))
+        if config.cooldown_fraction:
+            length = max(1.0, config.cooldown_fraction * config.cooldown_end)
+            ramp = ramp * jnp.clip((config.cooldown_end - step) / length, 0.0, 1.0)
+        return lr * ramp
 
     return schedule
 
