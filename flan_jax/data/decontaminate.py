@@ -192,9 +192,7 @@ def _readable(spec) -> str | None:
     from flan_jax.data import sources
 
     if spec.source.type == "tfds":
-        import tensorflow_datasets as tfds
-
-        builder = tfds.builder(spec.source.name, data_dir=spec.source.data_dir)
+        builder = sources.tfds_builder(spec.source)
         return None if builder.is_prepared() else f"TFDS {spec.source.name} is not prepared"
     if not sources.data_available(spec.source, "train"):
         return "train data files are missing"

@@ -314,9 +314,28 @@ def _iter_delimited(spec: SourceSpec, path: pathlib.Path) -> Iterator[Example]:
             yield dict(zip(columns, row))
 
 
+# flan_jax's own TFDS builders, for datasets that tensorflow_datasets lacks (`qed`).
+TFDS_BUILDER_MODULES = ("flan_jax.data.tfds_qed",)
+
+
+def tfds_builder(spec: SourceSpec) -> Any:
+    """`tfds.builder` of a tfds source, flan_jax's own builders registered first."""
+    import tensorflow_datasets as tfds  # TensorFlow only when a TFDS source is read
+
+    register_tfds_builders()
+    return tfds.builder(spec.name, data_dir=spec.data_dir)
+
+
+def register_tfds_builders() -> None:
+    """Imports the modules of flan_jax's own TFDS builders (TFDS registers them on import)."""
+    for module in TFDS_BUILDER_MODULES:
+        importlib.import_module(module)
+
+
 def _iter_tfds(spec: SourceSpec, split: str) -> Iterator[Example]:
     import seqio  # TensorFlow only when a TFDS source is read
 
+    register_tfds_builders()
     source = seqio.TfdsDataSource(
         tfds_name=spec.name, tfds_data_dir=spec.data_dir, splits=dict(spec.splits)
     )

@@ -110,9 +110,7 @@ def _prepared_size(spec: TaskSpec, split: str) -> int | None:
         return (
             len(get_examples(spec, split)) if sources.data_available(spec.source, split) else None
         )
-    import tensorflow_datasets as tfds  # TFDS only for TFDS sources
-
-    builder = tfds.builder(spec.source.name, data_dir=spec.source.data_dir)
+    builder = sources.tfds_builder(spec.source)
     tfds_split = spec.source.splits[split]
     if builder.is_prepared() and tfds_split in builder.info.splits:
         return builder.info.splits[tfds_split].num_examples
