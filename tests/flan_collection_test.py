@@ -355,6 +355,12 @@ _FIXED = {
         "explanation_1": "A dog is an animal\nand running is moving.",
         "explanation_2": "", "explanation_3": "",
     },
+    "qed": {  # as our builder (flan_jax/data/tfds_qed.py) stores it
+        "example_id": -7, "title_text": "Moon", "question_text": "what does the moon orbit",
+        "paragraph_text": "The Moon is round .\nThe Moon orbits Earth .",
+        "original_nq_answers": ["the Earth"],
+        "annotation": {"selected_sentence": "The Moon orbits\nEarth . ", "answer": ["Earth"]},
+    },
 }  # fmt: skip
 _EXPECTED = {  # (template 0, the last template: inverted), both zs_noopt
     "opinion_abstracts_rotten_tomatoes": (
@@ -429,3 +435,29 @@ def test_cot_esnli_renders_a_fixed_tfds_example_exactly():
     )
     with pytest.raises(ValueError, match=r"e-SNLI label 3 is not 0"):
         collection.esnli(dict(_FIXED["esnli"], label=3))
+
+
+def test_cot_qed_renders_a_fixed_tfds_example_exactly():
+    """QED through our TFDS builder (mock_data serving one fixed example)."""
+    spec = tasks.load_task_spec(spec_dir("tasks") / "cot" / "cot_qed.yaml")
+    with tfds.testing.mock_data(as_dataset_fn=_fixed_as_dataset):
+        (ex,) = list(task_examples.iter_prepared(spec, "train"))
+    row = formats.render_example(ex, 0, "train", spec.render_settings("cot"))
+    assert row.inputs == (
+        "Moon\nThe Moon is round . The Moon orbits Earth .\n\n"
+        "Based on the passage above, what does the moon orbit?\nLet's think step by step."
+    )
+    assert row.targets == (
+        "The relevant sentence in the passage is: The Moon orbits Earth . So the answer is Earth."
+    )
+    assert postprocessors.POSTPROCESSORS["cot_answer"](row.targets) == "Earth"
+
+
+def test_qed_answer_joins_spans_falls_back_to_nq_and_else_names_the_example():
+    fixed = _FIXED["qed"]
+    both = dict(fixed, annotation=dict(fixed["annotation"], answer=["Lynne", "Zoe"]))
+    assert collection.qed(both)["answer"] == "Lynne, Zoe"
+    unannotated = dict(fixed, annotation=dict(fixed["annotation"], answer=[]))
+    assert collection.qed(unannotated)["answer"] == "the Earth"
+    with pytest.raises(ValueError, match=r"QED example -7 has no annotated answer and no NQ"):
+        collection.qed(dict(unannotated, original_nq_answers=[]))

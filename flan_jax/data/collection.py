@@ -286,6 +286,34 @@ def esnli(ex: Example) -> Example:
     return {"question": question, "rationale": rationale, "answer": ESNLI_ANSWERS[label]}
 
 
+def qed(ex: Example) -> Example:
+    """QED (our TFDS `qed`) as a CoT question: passage + question -> selected sentence, answer.
+
+    The answer is the annotated answer span (several, as for list questions, joined with ", "),
+    else the first NQ annotator's. Example: {"title_text": "Moon", "paragraph_text": "The Moon
+    orbits Earth .", "question_text": "what does the moon orbit", "original_nq_answers":
+    ["Earth"], "annotation": {"selected_sentence": "The Moon orbits Earth . ", "answer":
+    ["Earth"]}} -> {"question": "Moon\nThe Moon orbits Earth .\n\nBased on the passage above,
+    what does the moon orbit?", "rationale": "The relevant sentence in the passage is: The Moon
+    orbits Earth .", "answer": "Earth"}.
+    """
+    annotation = ex["annotation"]
+    answer = ", ".join(annotation["answer"]) or _first_or(ex["original_nq_answers"], "")
+    if not answer.strip():
+        raise ValueError(
+            f"QED example {ex['example_id']} has no annotated answer and no NQ answer; "
+            "is this TFDS qed (flan_jax.data.tfds_qed), which keeps single-sentence ones only?"
+        )
+    question = (
+        f"{ex['title_text'].strip()}\n{_one_line(ex['paragraph_text'])}\n\n"
+        f"Based on the passage above, {ex['question_text'].strip()}?"
+    )
+    rationale = "The relevant sentence in the passage is: " + _one_line(
+        annotation["selected_sentence"]
+    )
+    return {"question": question, "rationale": rationale, "answer": _one_line(answer)}
+
+
 # ---------------------------------------------------------------------------------- math
 
 
