@@ -417,12 +417,17 @@ def test_added_datasets_render_a_fixed_tfds_example_exactly(name):
     assert spec.templates.templates[last].inverted
 
 
-def test_cot_esnli_renders_a_fixed_tfds_example_exactly():
-    """e-SNLI through TFDS (mock_data serving one fixed example): rationale, then the answer."""
-    spec = tasks.load_task_spec(spec_dir("tasks") / "cot" / "cot_esnli.yaml")
+def _cot_row_of_fixed_example(task: str):
+    """The `cot` rendering of tasks/cot/<task>.yaml's one example served by mock_data."""
+    spec = tasks.load_task_spec(spec_dir("tasks") / "cot" / f"{task}.yaml")
     with tfds.testing.mock_data(as_dataset_fn=_fixed_as_dataset):
         (ex,) = list(task_examples.iter_prepared(spec, "train"))
-    row = formats.render_example(ex, 0, "train", spec.render_settings("cot"))
+    return formats.render_example(ex, 0, "train", spec.render_settings("cot"))
+
+
+def test_cot_esnli_renders_a_fixed_tfds_example_exactly():
+    """e-SNLI through TFDS (mock_data serving one fixed example): rationale, then the answer."""
+    row = _cot_row_of_fixed_example("cot_esnli")
     assert row.inputs == (
         'Premise: "A dog runs in a park."\nHypothesis: "An animal is moving."\nDoes the premise '
         "entail the hypothesis? Answer yes, no, or it is not possible to tell.\n"
@@ -439,10 +444,7 @@ def test_cot_esnli_renders_a_fixed_tfds_example_exactly():
 
 def test_cot_qed_renders_a_fixed_tfds_example_exactly():
     """QED through our TFDS builder (mock_data serving one fixed example)."""
-    spec = tasks.load_task_spec(spec_dir("tasks") / "cot" / "cot_qed.yaml")
-    with tfds.testing.mock_data(as_dataset_fn=_fixed_as_dataset):
-        (ex,) = list(task_examples.iter_prepared(spec, "train"))
-    row = formats.render_example(ex, 0, "train", spec.render_settings("cot"))
+    row = _cot_row_of_fixed_example("cot_qed")
     assert row.inputs == (
         "Moon\nThe Moon is round . The Moon orbits Earth .\n\n"
         "Based on the passage above, what does the moon orbit?\nLet's think step by step."
