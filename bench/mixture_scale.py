@@ -1,7 +1,7 @@
 """Mixture scale benchmark: registration time, time to first batch, steady examples/s and peak
 memory against the number of tasks in a mixture (issue 19 item 2).
 
-    python -m bench.mixture_scale                          # 10,100,500,2000 tasks, both modes
+    python -m bench.mixture_scale                          # 10,100,500,2000 tasks, all modes
     python -m bench.mixture_scale --quick                  # 10,100 tasks, fewer batches
     python -m bench.mixture_scale --sizes 10,100 --modes inproc
 
@@ -13,7 +13,11 @@ examples-proportional with a cap, and the batches come from the trainer's own
 `input_pipeline.get_train_dataset` (seqio mixture -> best-fit packing -> batches).
 
 Modes:
-  inproc  templating + few-shot + tokenisation in process (the default pipeline)
+  inproc  templating + few-shot + tokenisation in process, mixed in one pipeline
+          (`DataConfig.mixing='one_pipeline'`, what 'auto' picks from 100 tasks:
+          `flan_jax.data.cached_mixture.get_in_process_dataset`)
+  seqio   the same in process, mixed by seqio's `Mixture.get_dataset` (a pipeline per task;
+          what 'auto' picks below 100 tasks)
   cached  the same tasks cached once in `flan-jax cache`'s layout (`write_cache`, outside the
           clock and without Beam) and read by the trainer's USE_CACHED path: the cache checks
           (fingerprints), `flan_jax.data.cached_mixture`'s one pipeline for the mixture, and
@@ -46,7 +50,8 @@ from bench import common
 BENCH_DIR = pathlib.Path(__file__).resolve().parent
 DEFAULT_SIZES = (10, 100, 500, 2000)
 QUICK_SIZES = (10, 100)
-MODES = ("inproc", "cached")
+MODES = ("inproc", "seqio", "cached")
+MIXING = {"inproc": "one_pipeline", "seqio": "seqio", "cached": "one_pipeline"}
 FORMATS = ("zs_opt", "fs_opt")
 TRAIN_SIZES = (60, 120, 240, 480)  # per spec, cycled; the cap below cuts the largest
 CAP = 300
@@ -200,6 +205,7 @@ def run_one(mode: str, root: pathlib.Path, batches: int, vocabulary: str) -> dic
         batch_size=BATCH_SIZE,
         use_cached=mode == "cached",
         cache_dir=str(root / "cache") if mode == "cached" else None,
+        mixing=MIXING[mode],
     )
     converter = input_pipeline.make_converter(seqio.EncDecFeatureConverter, config)
     start, cpu = time.perf_counter(), time.process_time()
@@ -254,7 +260,7 @@ def _run_child(args, *flags: str) -> str | None:
 
 
 def bench_size(size: int, modes: list[str], args) -> list[dict[str, Any]]:
-    """Both modes at one size, each measured in a fresh process over the same spec folder."""
+    """Each mode at one size, each measured in a fresh process over the same spec folder."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="mixture_scale_") as tmp:
         root = pathlib.Path(tmp)

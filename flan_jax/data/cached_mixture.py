@@ -101,9 +101,12 @@ def read_members(mixture: seqio.Mixture, split: str) -> list[Member]:
 
 def _step_key(step: Any) -> Any:
     """A hashable stand-in for a preprocessing step, equal for steps that behave alike: a
-    `functools.partial` by its function and arguments, anything else by identity."""
+    `functools.partial` by its function and arguments, the cache placeholder by its settings,
+    anything else by identity."""
     key = step
-    if isinstance(step, functools.partial):
+    if isinstance(step, seqio.CacheDatasetPlaceholder):
+        key = ("cache", step.required, step.file_shuffle_buffer_size)
+    elif isinstance(step, functools.partial):
         key = (step.func, step.args, tuple(sorted(step.keywords.items())))
     try:
         hash(key)
@@ -119,15 +122,22 @@ def postcache_steps(task: seqio.Task) -> list[Any]:
     return steps[marks[0] + 1 :] if marks else steps
 
 
-def group_key(member: Member) -> tuple:
-    """Tasks with equal keys can share one parse + post-cache pipeline: the same cached
-    features, post-cache steps and output features (vocabularies compared by their ids)."""
+def pipeline_key(task: seqio.Task, stored: Any, steps: Sequence[Any] | None = None) -> tuple:
+    """Tasks with equal keys can share one pipeline: the same stored features (`stored`: a
+    cache's feature listing, or an in-process element spec), the same `steps` (default: the
+    post-cache steps) and output features (vocabularies compared by their ids)."""
     features = tuple(
         (k, cache.vocabulary_fingerprint(f.vocabulary), f.add_eos, f.dtype.name, f.rank)
-        for k, f in sorted(member.task.output_features.items())
+        for k, f in sorted(task.output_features.items())
     )
-    steps = tuple(_step_key(s) for s in postcache_steps(member.task))
-    return (json.dumps(member.features, sort_keys=True), steps, features)
+    steps = postcache_steps(task) if steps is None else steps
+    return (stored, tuple(_step_key(s) for s in steps), features)
+
+
+def group_key(member: Member) -> tuple:
+    """`pipeline_key` of a cached member: tasks with equal keys share one parse + post-cache
+    pipeline."""
+    return pipeline_key(member.task, json.dumps(member.features, sort_keys=True))
 
 
 def group_members(members: Sequence[Member]) -> list[list[Member]]:
@@ -209,6 +219,32 @@ def choose(datasets: Sequence[tf.data.Dataset], weights: Sequence[float], seed: 
     return tf.data.Dataset.choose_from_datasets(datasets, selector, stop_on_empty_dataset=False)
 
 
+def _finish_group(
+    raw: tf.data.Dataset,
+    task: seqio.Task,
+    sequence_length: Mapping[str, int],
+    keys: Sequence[str],
+    *,
+    shuffle: bool,
+    seed: int | None,
+    parse=None,
+    precache: bool = False,
+) -> tf.data.Dataset:
+    """A group's mixed examples (or records, with `parse`) shuffled once, then preprocessed
+    after the cache step (and before it, with `precache`: raw source examples, finished by the
+    source) and trimmed once, with `task`'s steps (every member's are equal)."""
+    if shuffle:
+        raw = raw.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+    ds = raw
+    if parse is not None:
+        ds = raw.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if precache:
+        ds = task.preprocess_precache(task.source.finish(ds), seed=seed)
+    ds = task.preprocess_postcache(ds, sequence_length=dict(sequence_length), seed=seed)
+    ds = seqio.utils.trim_dataset(ds, dict(sequence_length), task.output_features)
+    return ds.map(lambda ex: {k: ex[k] for k in keys if k in ex})
+
+
 def _group_dataset(
     group: Sequence[Member],
     sequence_length: Mapping[str, int],
@@ -220,19 +256,16 @@ def _group_dataset(
 ) -> tf.data.Dataset:
     """A group's records mixed by rate, then parsed, preprocessed and trimmed once."""
     raw = choose([records(m, shard_info) for m in group], [m.rate for m in group], seed)
-    if shuffle:
-        raw = raw.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    task, features = group[0].task, group[0].features
+    features = group[0].features
     description = feature_description(features)
 
     def parse(record):
         ex = tf.io.parse_single_example(record, description)
         return {k: tf.cast(v, features[k]["dtype"]) for k, v in ex.items()}
 
-    ds = raw.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = task.preprocess_postcache(ds, sequence_length=dict(sequence_length), seed=seed)
-    ds = seqio.utils.trim_dataset(ds, dict(sequence_length), task.output_features)
-    return ds.map(lambda ex: {k: ex[k] for k in keys if k in ex})
+    return _finish_group(
+        raw, group[0].task, sequence_length, keys, shuffle=shuffle, seed=seed, parse=parse
+    )
 
 
 def get_dataset(
@@ -276,3 +309,126 @@ def get_dataset(
         for i, group in enumerate(groups)
     ]
     return choose(datasets, [sum(m.rate for m in g) for g in groups], seed)
+
+
+# --- in process: the same one-pipeline design without caches ---------------------------------
+
+
+def reads_raw(task: seqio.Task) -> bool:
+    """Whether the task's source is read raw in process (a flan_jax `RenderedSource`: examples
+    rendered in memory, `raw_dataset` + `finish`), leaving all preprocessing to its group."""
+    return callable(getattr(task.source, "raw_dataset", None))
+
+
+def task_stream(
+    task: seqio.Task,
+    split: str,
+    *,
+    shuffle: bool,
+    seed: int | None,
+    shard_info: seqio.ShardInfo | None,
+) -> tf.data.Dataset:
+    """A task's examples, this host's share, repeated forever, as its group mixes them.
+
+    A flan_jax source (`reads_raw`) gives its raw examples: no traced function per task, as
+    the source's `finish` and the task's preprocessors run once per group. Any other source
+    gives what seqio's `Task.get_dataset` reads before the post-cache steps. Sources are read
+    and sharded as seqio reads them (`shuffle` and `seed` passed on; at the source when it lists
+    enough shards, else every n-th example). No per-task shuffle buffer or prefetch thread,
+    except for a source that streams (a TFDS split: `RenderedSource.shuffles_splits` False, or
+    any other seqio source): it keeps the task's own buffer after the repeat, as seqio's.
+    """
+    source = task.source
+    raw = reads_raw(task)
+    read = source.raw_dataset if raw else source.get_dataset
+    hosts = shard_info.num_shards if shard_info else 1
+    at_source = source.supports_arbitrary_sharding or (
+        hosts > 1 and len(source.list_shards(split=split)) >= hosts
+    )
+    if at_source and hosts > 1:
+        ds = read(split=split, shuffle=shuffle, seed=seed, shard_info=shard_info)
+    else:
+        ds = read(split=split, shuffle=shuffle, seed=seed)
+        if hosts > 1:
+            ds = ds.shard(hosts, shard_info.index)
+    if not raw:
+        ds = task.preprocess_precache(ds, seed=seed)
+    ds = ds.repeat()
+    buffer = task.shuffle_buffer_size
+    if shuffle and buffer and not getattr(source, "shuffles_splits", False):
+        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    return ds
+
+
+def get_in_process_dataset(
+    mixture: seqio.Mixture,
+    sequence_length: Mapping[str, int],
+    *,
+    split: str = "train",
+    shuffle: bool = True,
+    seed: int | None = None,
+    shard_info: seqio.ShardInfo | None = None,
+) -> tf.data.Dataset:
+    """The mixture's examples preprocessed in process, repeated forever, as one pipeline: each
+    task's `task_stream`, mixed by rate within groups of tasks that share their steps and
+    element spec, each group shuffled (a buffer of `SHUFFLE_BUFFER`), preprocessed and trimmed
+    once, and the groups mixed again (the design of `get_dataset`, with examples in place of
+    cached records). E.g. 2,000 zero-shot and few-shot variants of flan_jax specs:
+
+        1,000 zero-shot sources -> mix -> shuffle -> densify, tokenize, EOS, trim ---------+-> mix
+        1,000 few-shot sources  -> mix -> shuffle -> densify, prune, tokenize, EOS, trim --+
+
+    seqio's `Mixture.get_dataset` gives each task a full pipeline: its traced preprocessing, a
+    1,000-example shuffle buffer after the repeat and a prefetch thread, which a 500-task mixture
+    fills with 500,000 examples before it settles (BENCHMARKS.md, "Mixture scale"). Here traced
+    functions and shuffle buffers are per group (a few), not per task, and tf.data's default
+    graph rewrites are off (their cost grows with the examples held in the graph). The stream
+    is its own; given the seed it is deterministic. Arguments as `get_dataset`.
+    """
+    if seed is None and not shuffle:
+        seed = 42
+    members = [
+        (task, float(mixture.get_rate(task)))
+        for task in mixture.tasks
+        if split in task.splits and mixture.get_rate(task) > 0
+    ]
+    if not members:
+        raise ValueError(
+            f"no task of mixture {mixture.name!r} has split {split!r} with a positive rate; "
+            "check the split name and the mixture's members"
+        )
+    groups: dict[tuple, list[tuple[seqio.Task, float, tf.data.Dataset]]] = {}
+    for task, rate in members:
+        ds = task_stream(task, split, shuffle=shuffle, seed=seed, shard_info=shard_info)
+        if reads_raw(task):  # every step runs in the group, after the source's finish
+            key = pipeline_key(
+                task, (repr(ds.element_spec), task.source.finish), task.preprocessors
+            )
+        else:
+            key = pipeline_key(task, repr(ds.element_spec))
+        groups.setdefault(key, []).append((task, rate, ds))
+    keys = sorted(mixture.output_features)
+    datasets = []
+    for i, group in enumerate(groups.values()):
+        group_seed = None if seed is None else seed + 1 + i
+        task = group[0][0]
+        raw = choose([ds for _, _, ds in group], [r for _, r, _ in group], group_seed)
+        datasets.append(
+            _finish_group(
+                raw,
+                task,
+                sequence_length,
+                keys,
+                shuffle=shuffle,
+                seed=group_seed,
+                precache=reads_raw(task),
+            )
+        )
+    ds = choose(datasets, [sum(r for _, r, _ in g) for g in groups.values()], seed)
+    # tf.data's default graph rewrites run over the whole pipeline's graph when its iterator is
+    # made, and in process that graph holds every task's rendered examples as constants: at
+    # 2,000 tasks they took 26 of the 65 CPU-s to the first batch, for no gain in the steady
+    # rate (BENCHMARKS.md, "Mixture scale"). Options apply to the whole pipeline.
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    return ds.with_options(options)

@@ -104,7 +104,8 @@ def _signature(spec: TaskSpec, fmt: str) -> dict[str, tf.TensorSpec]:
 
 
 def _rendered_dataset(split: str, shuffle_files: bool = False, seed=None, *, spec, fmt):
-    """Source of one variant: examples rendered in Python in stored order (round-robin).
+    """Source of one variant: examples rendered in Python in stored order (round-robin), before
+    `densify` (list features are ragged rows).
 
     File and function sources are rendered once and served from memory, fully shuffled when
     `shuffle_files` (seqio's `shuffle`); TFDS streams and relies on seqio's shuffle buffer.
@@ -128,8 +129,18 @@ def _rendered_dataset(split: str, shuffle_files: bool = False, seed=None, *, spe
         # A fixed default seed keeps hosts in step: seqio shards the examples after this.
         seed = spec.seed if seed is None else seed
         ds = ds.shuffle(len(columns["inputs"]), seed=seed, reshuffle_each_iteration=True)
-    dense = lambda ex: {k: tf.reshape(v, [-1]) if k in _LIST_KEYS else v for k, v in ex.items()}
-    return ds.map(dense)
+    return ds
+
+
+def densify(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """A rendered source's list features (`options`, `_shots`) as dense [n] string tensors.
+
+    One function for every task, so that `cached_mixture` can apply it once to many tasks'
+    mixed examples rather than trace it per task."""
+    list_keys = [k for k in _LIST_KEYS if k in dataset.element_spec]
+    if not list_keys:
+        return dataset
+    return dataset.map(lambda ex: ex | {k: tf.reshape(ex[k], [-1]) for k in list_keys})
 
 
 # How many shards `RenderedSource.list_shards` names per split: the units of work that Beam
@@ -141,23 +152,42 @@ SOURCE_SHARDS = 8
 
 class RenderedSource(seqio.FunctionDataSource):
     """seqio's FunctionDataSource without its "uncached FunctionDataset" warning (in-memory
-    splits are shuffled whole by `_rendered_dataset`), with a shard listing for Beam."""
+    splits are shuffled whole by `_rendered_dataset`), with a shard listing for Beam.
 
-    def __init__(self, dataset_fn, splits, *, num_shards: int = SOURCE_SHARDS, **kwargs):
+    `shuffles_splits`: `get_dataset(shuffle=True)` shuffles each split whole (file and
+    function sources, rendered in memory), so no shuffle buffer is needed after it; False for
+    streamed TFDS splits (`cached_mixture.task_stream` reads it)."""
+
+    def __init__(
+        self,
+        dataset_fn,
+        splits,
+        *,
+        num_shards: int = SOURCE_SHARDS,
+        shuffles_splits: bool = False,
+        **kwargs,
+    ):
         super().__init__(dataset_fn, splits=splits, **kwargs)
         self._num_shards = num_shards
+        self.shuffles_splits = shuffles_splits
 
     def list_shards(self, split: str) -> list[str]:
         n = self._num_shards
         return [f"{split}-{i:05d}-of-{n:05d}" for i in range(n)]
 
-    def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **unused):
-        del unused  # sequence_length, use_cached, num_epochs: unused, as in the parent
+    def raw_dataset(self, split="train", shuffle=True, seed=None, shard_info=None):
+        """`get_dataset` before `finish` (densify): list features still ragged."""
         ds = self._dataset_fn(split=split, shuffle_files=shuffle, seed=seed)
         if shard_info and shard_info.num_shards > 1:
             # after the (seeded) whole-split shuffle, as seqio shards a source it cannot split
             ds = ds.shard(shard_info.num_shards, shard_info.index)
         return ds
+
+    finish = staticmethod(densify)  # what turns `raw_dataset` into `get_dataset`
+
+    def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, **unused):
+        del unused  # sequence_length, use_cached, num_epochs: unused, as in the parent
+        return self.finish(self.raw_dataset(split, shuffle, seed, shard_info))
 
 
 def _prune_few_shot(dataset, sequence_length=None, output_features=None, *, separator: str):
@@ -227,6 +257,7 @@ def build_tasks(spec: TaskSpec, vocabulary: seqio.Vocabulary | None = None) -> l
             functools.partial(_rendered_dataset, spec=spec, fmt=fmt),
             splits=list(spec.source.splits),
             caching_permitted=True,
+            shuffles_splits=spec.source.type != "tfds",
         )
         preprocessors = [
             seqio.preprocessors.tokenize,

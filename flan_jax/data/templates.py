@@ -72,6 +72,7 @@ class TemplateSet:
         return len(self.templates)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # parsed once per template: render() asks every example
 def placeholders(text: str) -> frozenset[str]:
     """The `{field}` names in `text` (`{{`/`}}` are escapes, not placeholders).
 

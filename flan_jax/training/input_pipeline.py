@@ -17,6 +17,12 @@ from flan_jax import partitioning
 from flan_jax.data import cache, cached_mixture, packing
 from flan_jax.types import HostBatch
 
+MIXINGS = ("auto", "seqio", "one_pipeline")
+# 'auto' mixes a mixture of this many tasks or more in one pipeline (BENCHMARKS.md, "Mixture
+# scale": seqio's per-task pipelines take 73 CPU-s to the first batch at 100 tasks, 450 at 500).
+# flan2022 (528 tasks) and its sub-mixtures cross it; flan2021 (67) and flan_tiny (48) do not.
+ONE_PIPELINE_MIN_TASKS = 100
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DataConfig:
@@ -38,6 +44,11 @@ class DataConfig:
       eval_max_examples: cap per task for in-training eval (None: all).
       allow_sample_data: train on tasks whose spec says they read a small sample standing in
         for a real corpus (`stand_in_for`); only for smoke tests (refused otherwise).
+      mixing: how a mixture's tasks are mixed. 'seqio': seqio's `Mixture.get_dataset` (a
+        pipeline per task; T5X's stream). 'one_pipeline': `flan_jax.data.cached_mixture`
+        (shuffle buffers and post-cache steps per group of like tasks, not per task; a stream
+        of its own). 'auto' (default): one pipeline when reading caches or when the mixture
+        has at least `ONE_PIPELINE_MIN_TASKS` tasks, else seqio's.
     """
 
     mixture_or_task_name: str
@@ -53,8 +64,14 @@ class DataConfig:
     eval_split: str = "validation"
     eval_max_examples: int | None = 256
     allow_sample_data: bool = False
+    mixing: str = "auto"
 
     def __post_init__(self):
+        if self.mixing not in MIXINGS:
+            raise ValueError(
+                f"DataConfig.mixing {self.mixing!r} is not one of {MIXINGS}; 'auto' picks "
+                "one pipeline for cached or large mixtures"
+            )
         if self.batch_size < 1:
             raise ValueError(f"BATCH_SIZE ({self.batch_size}) must be >= 1")
         bad = {
@@ -125,17 +142,23 @@ def get_train_dataset(
     seeded or order-preserving (seqio's shuffles and mixture sampling take `seed`, parallel
     maps keep order, packing is deterministic per window). `skip_batches` starts it that many
     batches in, which is how `TrainIterator.set_state` resumes a position exactly. A mixture
-    read from caches (`use_cached`) is mixed by `flan_jax.data.cached_mixture` (one pipeline
-    for all its tasks, a stream of its own), a task by seqio.
+    read from caches (`use_cached`) or of `ONE_PIPELINE_MIN_TASKS` tasks or more is mixed by
+    `flan_jax.data.cached_mixture` (one pipeline for all its tasks, a stream of its own; see
+    `DataConfig.mixing`), a task or a smaller mixture by seqio.
     """
     provider = get_mixture_or_task(config.mixture_or_task_name)
     lengths = dict(config.task_feature_lengths)
     if config.use_cached:
         cache.use_caches(config.mixture_or_task_name, config.cache_dir, [config.split])
-    if config.use_cached and isinstance(provider, seqio.Mixture):
-        # One pipeline for the whole mixture (mix raw records, then parse once): seqio's
-        # Mixture.get_dataset builds one per task, linear in the number of tasks.
-        ds = cached_mixture.get_dataset(
+    if one_pipeline(config, provider):
+        # One pipeline for the whole mixture (mix, then shuffle and preprocess once per group
+        # of like tasks): seqio's Mixture.get_dataset builds one per task.
+        get = (
+            cached_mixture.get_dataset
+            if config.use_cached
+            else cached_mixture.get_in_process_dataset
+        )
+        ds = get(
             provider,
             lengths,
             split=config.split,
@@ -189,8 +212,18 @@ def fingerprint(local: HostBatch) -> str:
     return h.hexdigest()[:16]
 
 
+def one_pipeline(config: DataConfig, provider: seqio.Task | seqio.Mixture) -> bool:
+    """Whether `config` reads `provider` through `cached_mixture` (`DataConfig.mixing`)."""
+    if not isinstance(provider, seqio.Mixture) or config.mixing == "seqio":
+        return False
+    if config.mixing == "one_pipeline" or config.use_cached:
+        return True
+    return len(provider.tasks) >= ONE_PIPELINE_MIN_TASKS
+
+
 POSITION_FORMAT = "flan_jax.data_position/1"
 CACHED_MIXING = "flan_jax.cached_mixture/1"  # the stream of cached_mixture.get_dataset
+IN_PROCESS_MIXING = "flan_jax.cached_mixture.in_process/1"  # of get_in_process_dataset
 
 
 def position_config(config: DataConfig, mixture_or_task: seqio.Task | seqio.Mixture) -> dict:
@@ -199,7 +232,11 @@ def position_config(config: DataConfig, mixture_or_task: seqio.Task | seqio.Mixt
         rates = {t.name: float(mixture_or_task.get_rate(t)) for t in mixture_or_task.tasks}
     else:
         rates = {mixture_or_task.name: 1.0}
-    cached_mix = config.use_cached and isinstance(mixture_or_task, seqio.Mixture)
+    mixing = {}
+    if one_pipeline(config, mixture_or_task):
+        # mixed by flan_jax, not seqio: positions of the other stream differ
+        key = "cached_mixing" if config.use_cached else "in_process_mixing"
+        mixing = {key: CACHED_MIXING if config.use_cached else IN_PROCESS_MIXING}
     return {
         "mixture_or_task_name": config.mixture_or_task_name,
         "task_feature_lengths": dict(sorted(config.task_feature_lengths.items())),
@@ -209,8 +246,7 @@ def position_config(config: DataConfig, mixture_or_task: seqio.Task | seqio.Mixt
         "pack": config.pack,
         "packing": dataclasses.asdict(config.packing),
         "use_cached": config.use_cached,
-        # cached mixtures are mixed by flan_jax, not seqio: positions of the other stream differ
-        **({"cached_mixing": CACHED_MIXING} if cached_mix else {}),
+        **mixing,
         "process_index": jax.process_index(),
         "process_count": jax.process_count(),
         "task_rates": {k: round(v, 9) for k, v in sorted(rates.items())},

@@ -196,7 +196,16 @@ def _check_data(model, data: DataConfig, sample: int) -> None:
     from flan_jax.data import cache, stats
 
     name = data.mixture_or_task_name
-    input_pipeline.get_mixture_or_task(name)  # an unknown name fails here, with its fix
+    provider = input_pipeline.get_mixture_or_task(name)  # an unknown name fails here
+    if data.mixing == "auto" and not data.use_cached and jax.process_index() == 0:
+        if input_pipeline.one_pipeline(data, provider):
+            print(
+                f"flan-jax train: note: {name!r} has {len(provider.tasks)} tasks: mixed in one "
+                f"pipeline (DataConfig.mixing='auto' from {input_pipeline.ONE_PIPELINE_MIN_TASKS}"
+                " tasks); set it to 'seqio' for seqio's per-task pipelines",
+                file=sys.stderr,
+                flush=True,
+            )
     if data.use_cached:  # a missing or stale cache fails here, before compiling
         cache.use_caches(name, data.cache_dir, [data.split])
     if not data.allow_sample_data:
