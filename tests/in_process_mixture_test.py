@@ -242,3 +242,44 @@ def test_a_streamed_source_keeps_its_tasks_shuffle_buffer():
     finally:
         for mixture in made:
             remove_tiny_tasks(mixture)
+
+
+def test_plain_seqio_tasks_are_preprocessed_per_task_and_mixed_in_one_group():
+    """Tasks of other code (a seqio FunctionDataSource, no cache step): read with seqio's
+    `get_dataset` and every preprocessor per task, each with its task's shuffle buffer; equal
+    steps still share one group (one shuffle buffer after mixing)."""
+    vocab = seqio.ByteVocabulary()
+    features = {k: seqio.Feature(vocab, add_eos=True) for k in ("inputs", "targets")}
+    steps = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos]
+    names = [f"plainmix_{i}" for i in range(2)]
+    for i, name in enumerate(names):
+
+        def source(split, shuffle_files=False, seed=None, i=i):
+            rows = {
+                "inputs": [f"t{i} q{k}" for k in range(5)],
+                "targets": [f"a{k}" for k in range(5)],
+            }
+            return tf.data.Dataset.from_tensor_slices(rows)
+
+        seqio.TaskRegistry.add(
+            name,
+            seqio.FunctionDataSource(source, splits=["train"]),
+            output_features=features,
+            preprocessors=steps,
+        )
+    seqio.MixtureRegistry.add("plainmix", [(names[0], 3.0), (names[1], 1.0)])
+    try:
+        mixture = seqio.get_mixture_or_task("plainmix")
+        assert not any(cached_mixture.reads_raw(t) for t in mixture.tasks)
+        ds = cached_mixture.get_in_process_dataset(mixture, {"inputs": 16, "targets": 4}, seed=1)
+        assert shuffles_and_prefetches(ds)[0] == 2 + 1  # a buffer per task, one for the group
+        drawn = [
+            vocab.decode(ex["inputs"][:-1].tolist()) for ex in ds.take(2000).as_numpy_iterator()
+        ]
+        assert set(drawn) == {f"t{i} q{k}" for i in range(2) for k in range(5)}
+        counts = np.array([sum(d.startswith(f"t{i}") for d in drawn) for i in range(2)], float)
+        assert chi_square(counts, np.array([3.0, 1.0])) < 10.83  # chi-square, 1 dof, p = 0.001
+    finally:
+        seqio.MixtureRegistry.remove("plainmix")
+        for name in names:
+            seqio.TaskRegistry.remove(name)
