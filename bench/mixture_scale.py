@@ -4,6 +4,7 @@ memory against the number of tasks in a mixture (issue 19 item 2).
     python -m bench.mixture_scale                          # 10,100,500,2000 tasks, all modes
     python -m bench.mixture_scale --quick                  # 10,100 tasks, fewer batches
     python -m bench.mixture_scale --sizes 10,100 --modes inproc
+    python -m bench.mixture_scale --mixture flan2022_t0 --modes inproc,seqio   # real data
 
 Each (mode, size) runs in a fresh subprocess, so its peak RSS is its own. The synthetic tasks
 are templated classification tasks written as YAML specs + JSONL files to a temp folder and
@@ -185,18 +186,21 @@ def _prepare_cache(root: pathlib.Path) -> None:
     write_cache(task_names, root / "cache")
 
 
-def run_one(mode: str, root: pathlib.Path, batches: int, vocabulary: str) -> dict[str, Any]:
-    """Registers the mixture, builds the trainer's pipeline and times its batches."""
+def run_one(
+    mode: str, root: pathlib.Path | None, batches: int, vocabulary: str, mixture: str | None = None
+) -> dict[str, Any]:
+    """Registers the mixture (the synthetic one under `root`, or names a shipped `mixture`),
+    builds the trainer's pipeline and times its batches."""
     import seqio
 
     import flan_jax.registry as registry
     from flan_jax.data import packing
     from flan_jax.training import input_pipeline
 
-    record: dict[str, Any] = {"mode": mode, "vocabulary": vocabulary}
+    record: dict[str, Any] = {"mode": mode, "vocabulary": "the specs'" if mixture else vocabulary}
     rss_base = _rss_mib()
     start = time.perf_counter()
-    name = registry.register_dir(root / "specs")[1][0]
+    name = mixture or registry.register_dir(root / "specs")[1][0]
     record["register_s"] = time.perf_counter() - start
     record["rss_reg_mib"] = _rss_mib() - rss_base
     config = input_pipeline.DataConfig(
@@ -240,11 +244,11 @@ def _resolve_vocabulary(name: str) -> str:
 
 
 def _child(args) -> int:
-    root = pathlib.Path(args.root)
+    root = pathlib.Path(args.root) if args.root else None
     if args.prepare_cache:
         _prepare_cache(root)
         return 0
-    record = run_one(args.mode, root, args.batches, args.vocabulary)
+    record = run_one(args.mode, root, args.batches, args.vocabulary, args.mixture)
     print("RESULT " + json.dumps(record), flush=True)
     return 0
 
@@ -286,6 +290,21 @@ def bench_size(size: int, modes: list[str], args) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_mixture(name: str, modes: list[str], args) -> list[dict[str, Any]]:
+    """A registered (shipped) mixture in each in-process mode, each in a fresh process."""
+    rows = []
+    for mode in modes:
+        start = time.perf_counter()
+        out = _run_child(args, "--mixture", name, "--mode", mode)
+        lines = [x for x in (out or "").splitlines() if x.startswith("RESULT ")]
+        if lines:
+            record = json.loads(lines[-1][len("RESULT ") :])
+            record |= {"mixture": name, "wall_s": time.perf_counter() - start}
+            print(f"{mode} {name}: {json.dumps(record)}", flush=True)
+            rows.append(record)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -295,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="sizes 10,100 and 10 batches")
     parser.add_argument("--batches", type=int, default=None, help="steady batches (default 40)")
     parser.add_argument("--vocabulary", default="auto", help="t5, byte, or auto (t5 if found)")
+    parser.add_argument(
+        "--mixture",
+        help="a shipped mixture on real data (e.g. flan2022_t0) instead of synthetic sizes; "
+        "modes inproc and seqio",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
@@ -311,7 +335,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         parser.error(f"unknown mode(s) {unknown}; known: {MODES}")
-    rows = [r for size in sizes for r in bench_size(size, modes, args)]
+    if args.mixture:
+        if "cached" in modes:
+            parser.error("--mixture measures the in-process modes: pass --modes inproc,seqio")
+        sizes = []
+        rows = bench_mixture(args.mixture, modes, args)
+    else:
+        rows = [r for size in sizes for r in bench_size(size, modes, args)]
     print(
         f"\nhost cores: {common.host_cores()}; vocabulary {args.vocabulary}; feature lengths "
         f"{LENGTHS}; batch {BATCH_SIZE}; {len(FORMATS)} formats per spec; cap {CAP}"
@@ -341,10 +371,11 @@ def main(argv: list[str] | None = None) -> int:
         "modes": modes,
         "batches": args.batches,
         "vocabulary": args.vocabulary,
+        **({"mixture": args.mixture} if args.mixture else {}),
     }
     path = common.append_result("mixture_scale", {"config": config, "rows": rows})
     print(f"\nappended to {path}")
-    return 0 if len(rows) == len(modes) * len(sizes) else 1
+    return 0 if len(rows) == len(modes) * max(1, len(sizes)) else 1
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import pathlib
 import sys
 
 import numpy as np
+import pytest
 import seqio
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root: bench/
@@ -64,3 +65,10 @@ def test_synthetic_mixture_rates_and_cached_tokens_equal_in_process(tmp_path):
             cache._CHECKED.clear()
     finally:
         _unregister(names, mixture_names if "mixture_names" in locals() else [])
+
+
+def test_a_shipped_mixture_is_measured_in_process_only(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        mixture_scale.main(["--mixture", "flan2022_t0", "--modes", "inproc,cached"])
+    assert exit_info.value.code == 2
+    assert "--mixture measures the in-process modes" in capsys.readouterr().err
