@@ -159,8 +159,8 @@ def runs():
     machine prune each other's /tmp/pytest-of-<user> folders, under running workers.
     """
     with tempfile.TemporaryDirectory(prefix="flan_jax_multihost_") as root:
-        single = launch(Path(root) / "single", 1)
-        multi = launch(Path(root) / "multi", 2)
+        single = launch(Path(root) / "single", 1, extra=("--record_mixture",))
+        multi = launch(Path(root) / "multi", 2, extra=("--record_mixture",))
         try:
             assert single.wait() == [0], single.output()
             assert multi.wait() == [0, 0], multi.output()
@@ -218,6 +218,22 @@ def test_each_process_reads_its_own_share(runs: Path) -> None:
     for i in (0, 1):
         trained = read_jsonl(runs / "multi" / "batches" / f"process_{i}.jsonl")
         assert [r["hash"] for r in trained] == [r["hash"] for r in per_process[i]]
+
+
+def test_each_process_reads_its_share_of_every_task_of_a_one_pipeline_mixture(runs: Path):
+    """A mixture mixed in one pipeline (`cached_mixture.get_in_process_dataset`) on two
+    processes: each reads its half of every task (dealt at the source: every 2nd example from
+    its index), in stored order when unshuffled; one process alone reads them all."""
+    for run, count in (("single", 1), ("multi", 2)):
+        for p in range(count):
+            rows = read_jsonl(runs / run / "data" / f"mixture_process_{p}.jsonl")
+            ids = [i for r in rows for i in r["ids"]]
+            assert len(ids) == STEPS * 8 // count
+            for base in worker.MIXTURE_BASES:
+                mine = [i - base for i in ids if base <= i < base + worker.MIXTURE_SIZE]
+                assert mine, (run, p, base)
+                want = list(range(p, worker.MIXTURE_SIZE, count))
+                assert mine == want[: len(mine)], (run, p, base, mine)
 
 
 def test_lost_process_fails_the_job_and_restart_resumes(runs: Path) -> None:

@@ -9,7 +9,9 @@ each host of a TPU slice does, then runs `flan_jax.training.train.train` on a gl
 
 Writes MODEL_DIR/data/process_<i>.jsonl: per step, the example ids of this process's
 local batch and its fingerprint (the trainer records the fingerprints of the batches it
-trained on in MODEL_DIR/batches/, so the test can tie the two together).
+trained on in MODEL_DIR/batches/, so the test can tie the two together); with
+--record_mixture also data/mixture_process_<i>.jsonl, the ids of a two-task mixture's local
+batches mixed in one pipeline (`DataConfig.mixing='one_pipeline'`).
 """
 
 # ruff: noqa: E402  (JAX's device count is set from the flags before anything imports JAX work)
@@ -42,6 +44,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--crash_at_step", type=int, default=0, help="SIGKILL self when fetching this step's batch"
     )
+    p.add_argument(
+        "--record_mixture", action="store_true", help="also write data/mixture_process_<i>.jsonl"
+    )
     return p.parse_args(argv)
 
 
@@ -52,6 +57,7 @@ if ARGS is not None:  # devices must be set before JAX initialises its backend
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", ARGS.local_devices)
 
+import dataclasses
 import json
 
 import jax
@@ -65,6 +71,9 @@ from flan_jax.model import models, network
 from flan_jax.training import input_pipeline, optimizer, train, train_state
 
 TASK = "multihost_test_addition"
+MIXTURE = "multihost_test_mixture"  # two flan_jax-style tasks, mixed in one pipeline
+MIXTURE_BASES = (0, 500)  # task k's examples are ids MIXTURE_BASES[k] + 0..MIXTURE_SIZE-1
+MIXTURE_SIZE = 100
 NUM_EXAMPLES = 256
 FEATURE_LENGTHS = {"inputs": 16, "targets": 8}
 VOCAB = seqio.ByteVocabulary()
@@ -105,6 +114,47 @@ def register_task() -> None:
     )
 
 
+def register_mixture() -> None:
+    """Two tasks over `tasks.RenderedSource` (the source of every flan_jax spec: read raw and
+    sharded at the source by the one-pipeline mixer) and their mixture at equal rates."""
+    if MIXTURE in seqio.MixtureRegistry.names():
+        return
+    from flan_jax.data import tasks
+
+    features = {
+        "inputs": seqio.Feature(VOCAB, add_eos=True),
+        "targets": seqio.Feature(VOCAB, add_eos=True),
+    }
+    names = []
+    for base in MIXTURE_BASES:
+
+        def source(split, shuffle_files=False, seed=None, base=base):
+            pairs = [example_text(base + i) for i in range(MIXTURE_SIZE)]
+            return tf.data.Dataset.from_tensor_slices(
+                {"inputs": [a for a, _ in pairs], "targets": [b for _, b in pairs]}
+            )
+
+        name = f"{MIXTURE}_{base}"
+        seqio.TaskRegistry.add(
+            name,
+            source=tasks.RenderedSource(source, splits=["train"], shuffles_splits=True),
+            preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
+            output_features=features,
+        )
+        names.append(name)
+    seqio.MixtureRegistry.add(MIXTURE, names, default_rate=1.0)
+
+
+def record_mixture_data(args: argparse.Namespace, model, batch_size: int) -> None:
+    """MODEL_DIR/data/mixture_process_<i>.jsonl: the example ids of each local batch of
+    `MIXTURE`, unshuffled and mixed in one pipeline."""
+    register_mixture()
+    data = dataclasses.replace(
+        data_config(batch_size), mixture_or_task_name=MIXTURE, mixing="one_pipeline"
+    )
+    record_local_data(args, model, data, name="mixture_process")
+
+
 def tiny_model() -> models.EncoderDecoderModel:
     """A 1+1-layer T5 v1.1 with no dropout (row order inside a batch must not matter)."""
     config = network.TransformerConfig(
@@ -132,11 +182,11 @@ def data_config(batch_size: int) -> input_pipeline.DataConfig:
     )
 
 
-def record_local_data(args: argparse.Namespace, model, data) -> None:
-    """MODEL_DIR/data/process_<i>.jsonl: the example ids and fingerprint of each local batch."""
+def record_local_data(args: argparse.Namespace, model, data, name: str = "process") -> None:
+    """MODEL_DIR/data/<name>_<i>.jsonl: the example ids and fingerprint of each local batch."""
     converter = model.feature_converter_cls(pack=data.pack)
     ds = input_pipeline.get_train_dataset(data, converter)
-    path = os.path.join(args.model_dir, "data", f"process_{jax.process_index()}.jsonl")
+    path = os.path.join(args.model_dir, "data", f"{name}_{jax.process_index()}.jsonl")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         for step, local in enumerate(ds.take(args.steps).as_numpy_iterator(), start=1):
@@ -197,6 +247,8 @@ def main(args: argparse.Namespace) -> int:
     register_task()
     model, data = tiny_model(), data_config(args.batch_size)
     record_local_data(args, model, data)
+    if args.record_mixture:
+        record_mixture_data(args, model, args.batch_size)
     if args.crash_at_step:
         crash_at(args.crash_at_step, args.model_dir, args.checkpoint_period)
     train.train(
