@@ -391,3 +391,28 @@ def test_answer_index_out_of_range_names_the_example(tmp_path):
     assert next(rows) == {"question": "a?", "choices": ["x", "y"], "answer": "y"}
     with pytest.raises(ValueError, match=r"example 1: answer index 2 is out of range"):
         next(rows)
+
+
+def test_an_unprepared_tfds_source_that_cannot_be_prepared_names_the_fix(tmp_path, monkeypatch):
+    """TFDS prepares missing data on first read; when that fails (here: no network) the error
+    names the dataset, its folder and the command, not a download traceback."""
+    source = sources.SourceSpec(
+        type="tfds",
+        name="super_glue/rte:1.0.2",
+        splits={"train": "train"},
+        data_dir=str(tmp_path),
+    )
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("Max retries exceeded with url: /rte.zip")
+
+    monkeypatch.setattr(seqio.TfdsDataSource, "get_dataset", no_network)
+    folder = tmp_path / "super_glue" / "rte" / "1.0.2"
+    with pytest.raises(ValueError) as error:
+        next(sources.iter_examples(source, "train"))
+    assert str(error.value) == (
+        f"TFDS dataset super_glue/rte:1.0.2 in {folder} is not prepared and preparing it "
+        "failed (ConnectionError: Max retries exceeded with url: /rte.zip); prepare it with "
+        "`tfds build NAME --data_dir DIR` (flan_jax's own builders also need `--imports "
+        "flan_jax.data.tfds_qed`), or train without the task"
+    )

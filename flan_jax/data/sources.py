@@ -332,6 +332,21 @@ def register_tfds_builders() -> None:
         importlib.import_module(module)
 
 
+def tfds_unprepared(spec: SourceSpec) -> str | None:
+    """None when the TFDS source's data is prepared; else `NAME in DIR` for a message."""
+    builder = tfds_builder(spec)
+    return None if builder.is_prepared() else f"{spec.name} in {builder.data_dir}"
+
+
+def tfds_prepare_hint() -> str:
+    """How to prepare TFDS data (flan_jax's own builders need their module imported)."""
+    modules = ",".join(TFDS_BUILDER_MODULES)
+    return (
+        "prepare it with `tfds build NAME --data_dir DIR` (flan_jax's own builders also need "
+        f"`--imports {modules}`), or train without the task"
+    )
+
+
 def _iter_tfds(spec: SourceSpec, split: str) -> Iterator[Example]:
     import seqio  # TensorFlow only when a TFDS source is read
 
@@ -339,7 +354,17 @@ def _iter_tfds(spec: SourceSpec, split: str) -> Iterator[Example]:
     source = seqio.TfdsDataSource(
         tfds_name=spec.name, tfds_data_dir=spec.data_dir, splits=dict(spec.splits)
     )
-    dataset = source.get_dataset(split, shuffle=False)
+    try:  # data not prepared: TFDS downloads and prepares it, which can fail (no network)
+        dataset = source.get_dataset(split, shuffle=False)
+    except Exception as e:
+        missing = tfds_unprepared(spec)
+        if missing is None:
+            raise
+        why = str(e) if len(str(e)) <= 160 else str(e)[:157] + "..."
+        raise ValueError(
+            f"TFDS dataset {missing} is not prepared and preparing it failed "
+            f"({type(e).__name__}: {why}); {tfds_prepare_hint()}"
+        ) from e
     for example in dataset.as_numpy_iterator():
         yield {k: _to_python(v) for k, v in example.items()}
 
