@@ -20,7 +20,8 @@ from flan_jax.types import HostBatch
 MIXINGS = ("auto", "seqio", "one_pipeline")
 # 'auto' mixes a mixture of this many tasks or more in one pipeline (BENCHMARKS.md, "Mixture
 # scale": seqio's per-task pipelines take 73 CPU-s to the first batch at 100 tasks, 450 at 500).
-# flan2022 (528 tasks) and its sub-mixtures cross it; flan2021 (67) and flan_tiny (48) do not.
+# flan2022 (528 tasks), flan2022_t0 (283) and flan2022_flan (206) cross it; flan2021 (67) and
+# flan_tiny (48) do not.
 ONE_PIPELINE_MIN_TASKS = 100
 
 
