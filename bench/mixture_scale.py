@@ -263,6 +263,17 @@ def _run_child(args, *flags: str) -> str | None:
     return proc.stdout
 
 
+def _child_record(args, *flags: str) -> dict[str, Any] | None:
+    """The record a child run printed (its last RESULT line) plus its wall time; None if it
+    failed or printed none."""
+    start = time.perf_counter()
+    out = _run_child(args, *flags)
+    lines = [x for x in (out or "").splitlines() if x.startswith("RESULT ")]
+    if not lines:
+        return None
+    return json.loads(lines[-1][len("RESULT ") :]) | {"wall_s": time.perf_counter() - start}
+
+
 def bench_size(size: int, modes: list[str], args) -> list[dict[str, Any]]:
     """Each mode at one size, each measured in a fresh process over the same spec folder."""
     rows = []
@@ -276,13 +287,9 @@ def bench_size(size: int, modes: list[str], args) -> list[dict[str, Any]]:
                 if _run_child(args, "--root", tmp, "--prepare_cache") is None:
                     continue
                 cache_s = time.perf_counter() - start
-            start = time.perf_counter()
-            out = _run_child(args, "--root", tmp, "--mode", mode)
-            lines = [x for x in (out or "").splitlines() if x.startswith("RESULT ")]
-            if not lines:
+            record = _child_record(args, "--root", tmp, "--mode", mode)
+            if record is None:
                 continue
-            record = json.loads(lines[-1][len("RESULT ") :])
-            record["wall_s"] = time.perf_counter() - start
             if mode == "cached":
                 record["cache_write_s"] = cache_s
             print(f"{mode} {size}: {json.dumps(record)}", flush=True)
@@ -294,12 +301,9 @@ def bench_mixture(name: str, modes: list[str], args) -> list[dict[str, Any]]:
     """A registered (shipped) mixture in each in-process mode, each in a fresh process."""
     rows = []
     for mode in modes:
-        start = time.perf_counter()
-        out = _run_child(args, "--mixture", name, "--mode", mode)
-        lines = [x for x in (out or "").splitlines() if x.startswith("RESULT ")]
-        if lines:
-            record = json.loads(lines[-1][len("RESULT ") :])
-            record |= {"mixture": name, "wall_s": time.perf_counter() - start}
+        record = _child_record(args, "--mixture", name, "--mode", mode)
+        if record is not None:
+            record["mixture"] = name
             print(f"{mode} {name}: {json.dumps(record)}", flush=True)
             rows.append(record)
     return rows

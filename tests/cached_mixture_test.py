@@ -103,11 +103,13 @@ def test_trainer_stream_is_a_function_of_the_seed(built, fresh_lookup):
     assert not set(batch_hashes(config(2), 4)) & set(first)
 
 
-def test_resume_from_a_saved_position_continues_exactly(built, fresh_lookup):
+def resume_after_two_batches(config):
+    """Reads 5 batches of `config`'s train stream on an 8-device mesh, saving the position
+    (through JSON) after 2; a fresh iterator set to it must give batches 3-5 again.
+    Returns (the saved state, the resumed iterator)."""
     from flan_jax import partitioning
     from flan_jax.training import input_pipeline
 
-    config = data_config(built, MIXTURE, shuffle=True, seed=11)
     converter = input_pipeline.make_converter(tiny_model().feature_converter_cls, config)
     mesh = partitioning.make_mesh((8, 1, 1))
     make = lambda: input_pipeline.TrainIterator(None, mesh, 8, config=config, converter=converter)
@@ -115,10 +117,18 @@ def test_resume_from_a_saved_position_continues_exactly(built, fresh_lookup):
     hashes = [input_pipeline.fingerprint(next(it)[1]) for _ in range(2)]
     state = json.loads(json.dumps(it.get_state()))
     hashes += [input_pipeline.fingerprint(next(it)[1]) for _ in range(3)]
-    assert state["config"]["cached_mixing"] == input_pipeline.CACHED_MIXING
     resumed = make()
     resumed.set_state(state)
     assert [input_pipeline.fingerprint(next(resumed)[1]) for _ in range(3)] == hashes[2:]
+    return state, resumed
+
+
+def test_resume_from_a_saved_position_continues_exactly(built, fresh_lookup):
+    from flan_jax.training import input_pipeline
+
+    config = data_config(built, MIXTURE, shuffle=True, seed=11)
+    state, resumed = resume_after_two_batches(config)
+    assert state["config"]["cached_mixing"] == input_pipeline.CACHED_MIXING
     assert resumed.batches_consumed == 5
 
 

@@ -77,6 +77,8 @@ MIXTURE_SIZE = 100
 NUM_EXAMPLES = 256
 FEATURE_LENGTHS = {"inputs": 16, "targets": 8}
 VOCAB = seqio.ByteVocabulary()
+FEATURES = {k: seqio.Feature(VOCAB, add_eos=True) for k in ("inputs", "targets")}
+PREPROCESSORS = [seqio.preprocessors.tokenize, seqio.preprocessors.append_eos]
 
 
 def example_text(i: int) -> tuple[str, str]:
@@ -102,15 +104,11 @@ def register_task() -> None:
     """A plain seqio Task; seqio shards it per host (round-robin) from ShardInfo."""
     if TASK in seqio.TaskRegistry.names():
         return
-    features = {
-        "inputs": seqio.Feature(VOCAB, add_eos=True),
-        "targets": seqio.Feature(VOCAB, add_eos=True),
-    }
     seqio.TaskRegistry.add(
         TASK,
         source=seqio.FunctionDataSource(_source, splits=["train"]),
-        preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
-        output_features=features,
+        preprocessors=PREPROCESSORS,
+        output_features=FEATURES,
     )
 
 
@@ -121,10 +119,6 @@ def register_mixture() -> None:
         return
     from flan_jax.data import tasks
 
-    features = {
-        "inputs": seqio.Feature(VOCAB, add_eos=True),
-        "targets": seqio.Feature(VOCAB, add_eos=True),
-    }
     names = []
     for base in MIXTURE_BASES:
 
@@ -138,8 +132,8 @@ def register_mixture() -> None:
         seqio.TaskRegistry.add(
             name,
             source=tasks.RenderedSource(source, splits=["train"], shuffles_splits=True),
-            preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
-            output_features=features,
+            preprocessors=PREPROCESSORS,
+            output_features=FEATURES,
         )
         names.append(name)
     seqio.MixtureRegistry.add(MIXTURE, names, default_rate=1.0)

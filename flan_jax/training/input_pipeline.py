@@ -234,10 +234,12 @@ def position_config(config: DataConfig, mixture_or_task: seqio.Task | seqio.Mixt
     else:
         rates = {mixture_or_task.name: 1.0}
     mixing = {}
-    if one_pipeline(config, mixture_or_task):
-        # mixed by flan_jax, not seqio: positions of the other stream differ
-        key = "cached_mixing" if config.use_cached else "in_process_mixing"
-        mixing = {key: CACHED_MIXING if config.use_cached else IN_PROCESS_MIXING}
+    if one_pipeline(config, mixture_or_task):  # mixed by flan_jax: another stream than seqio's
+        mixing = (
+            {"cached_mixing": CACHED_MIXING}
+            if config.use_cached
+            else {"in_process_mixing": IN_PROCESS_MIXING}
+        )
     return {
         "mixture_or_task_name": config.mixture_or_task_name,
         "task_feature_lengths": dict(sorted(config.task_feature_lengths.items())),
